@@ -218,7 +218,7 @@ pub struct Patient {
     pub sensation: Vec<SiteSensation>,
     /// Contraindication and precaution flags, e.g. `pregnancy`, `epilepsy`.
     #[serde(default)]
-    pub flags: Vec<String>,
+    pub conditions: Vec<String>,
 }
 
 impl Patient {

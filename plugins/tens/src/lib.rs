@@ -1,1 +1,476 @@
+//! First-party TENS plugin.
+//!
+//! Turns electrode pairs, a stimulation mode and a target amplitude into a session that ramps
+//! up from near zero, holds a charge-balanced biphasic output, and optionally ramps down. The
+//! clinical defaults come from clinical-facts.md ("TENS"): 1-150 Hz, 50-250 us per phase,
+//! biphasic charge-balanced, amplitude ramped up from zero, 20-60 min sessions. This plugin
+//! encodes that know-how; the host's governor still enforces every limit.
 
+use modalis_sdk::prelude::*;
+
+/// How the pulse train is shaped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TensMode {
+    /// Conventional (high-frequency) TENS, typically 80-100 Hz with short pulses.
+    Conventional,
+    /// Acupuncture-like (low-frequency) TENS, typically 2-4 Hz with long pulses.
+    AcupunctureLike,
+    /// Bursts of pulses at `frequency_hz`, repeated at `burst_rate_hz`.
+    Burst,
+    /// Frequency modulated: alternates between `frequency_hz` and a lower frequency every
+    /// `modulation_period_s` to reduce accommodation.
+    Modulated,
+}
+
+/// One electrode pair on one output channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ElectrodePair {
+    /// Output channel: `ch1` or `ch2`.
+    pub channel: String,
+    /// Where the pair sits, e.g. `lower_leg_lateral:left` (over the common peroneal nerve).
+    pub site: BodySite,
+    /// Area of the smaller electrode of the pair.
+    #[serde(default = "default_electrode_area_cm2")]
+    pub electrode_area_cm2: f64,
+}
+
+fn default_electrode_area_cm2() -> f64 {
+    // A common 5 x 5 cm self-adhesive electrode.
+    25.0
+}
+
+fn default_waveform() -> Waveform {
+    Waveform::SymmetricBiphasic
+}
+
+fn default_ramp_up_s() -> u32 {
+    60
+}
+
+fn default_ramp_down_s() -> u32 {
+    20
+}
+
+fn default_burst_pulses() -> u32 {
+    7
+}
+
+fn default_burst_rate_hz() -> f64 {
+    2.0
+}
+
+fn default_modulation_period_s() -> u32 {
+    10
+}
+
+/// Parameters of a TENS session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TensParams {
+    /// Electrode pairs, at most one per channel.
+    pub electrodes: Vec<ElectrodePair>,
+    /// Stimulation mode.
+    pub mode: TensMode,
+    /// Pulse rate (within a burst, for burst mode). Clinical range 1-150 Hz.
+    pub frequency_hz: f64,
+    /// Width of one phase. Clinical range 50-250 us.
+    pub pulse_width_us: f64,
+    /// Target peak amplitude after the ramp: strong but comfortable.
+    pub amplitude_ma: f64,
+    /// Session length including ramps. Typically 20-60 minutes.
+    pub session_minutes: f64,
+    /// Pulse shape; must be charge balanced.
+    #[serde(default = "default_waveform")]
+    pub waveform: Waveform,
+    /// Time to ramp from near zero to the target amplitude.
+    #[serde(default = "default_ramp_up_s")]
+    pub ramp_up_s: u32,
+    /// Time to ramp down at the end; 0 for none. A safety stop never waits for it.
+    #[serde(default = "default_ramp_down_s")]
+    pub ramp_down_s: u32,
+    /// Burst mode: pulses per burst.
+    #[serde(default = "default_burst_pulses")]
+    pub burst_pulses: u32,
+    /// Burst mode: bursts per second.
+    #[serde(default = "default_burst_rate_hz")]
+    pub burst_rate_hz: f64,
+    /// Modulated mode: seconds between frequency changes.
+    #[serde(default = "default_modulation_period_s")]
+    pub modulation_period_s: u32,
+}
+
+/// The TENS plugin.
+#[derive(Debug)]
+pub struct Tens;
+
+/// Channels this plugin drives.
+pub const CHANNELS: [&str; 2] = ["ch1", "ch2"];
+
+/// Ramp granularity: the amplitude rises in steps of this length, so a 60 s ramp is 12 steps.
+const RAMP_STEP_MS: u64 = 5_000;
+
+impl ModalityPlugin for Tens {
+    type Params = TensParams;
+
+    fn info() -> PluginInfo {
+        PluginInfo {
+            id: "tens",
+            name: "TENS (conventional, acupuncture-like, burst, modulated)",
+            version: env!("CARGO_PKG_VERSION"),
+            vendor: "modalis",
+            modality: ModalityKind::Tens,
+            channels: CHANNELS
+                .iter()
+                .map(|c| ChannelInfo::new(*c, ChannelKind::Electrical, format!("stimulator output {c}")))
+                .collect(),
+        }
+    }
+
+    fn sample_params() -> TensParams {
+        // Serry 2016 (clinical-facts.md): 14 Hz, 250 us, 30 min; electrodes over the peroneal
+        // nerve on both lower legs.
+        TensParams {
+            electrodes: vec![
+                ElectrodePair {
+                    channel: "ch1".into(),
+                    site: BodySite::region(BodyRegion::LowerLegLateral, Side::Left),
+                    electrode_area_cm2: 25.0,
+                },
+                ElectrodePair {
+                    channel: "ch2".into(),
+                    site: BodySite::region(BodyRegion::LowerLegLateral, Side::Right),
+                    electrode_area_cm2: 25.0,
+                },
+            ],
+            mode: TensMode::AcupunctureLike,
+            frequency_hz: 14.0,
+            pulse_width_us: 250.0,
+            amplitude_ma: 25.0,
+            session_minutes: 30.0,
+            waveform: Waveform::SymmetricBiphasic,
+            ramp_up_s: 60,
+            ramp_down_s: 20,
+            burst_pulses: default_burst_pulses(),
+            burst_rate_hz: default_burst_rate_hz(),
+            modulation_period_s: default_modulation_period_s(),
+        }
+    }
+
+    fn validate(p: &TensParams) -> Result<(), Vec<FieldError>> {
+        let mut errs = Vec::new();
+        let mut check = |ok: bool, pointer: &str, msg: String| {
+            if !ok {
+                errs.push(FieldError::new(pointer, msg));
+            }
+        };
+        check(!p.electrodes.is_empty(), "/electrodes", "at least one electrode pair is needed".into());
+        let mut seen = Vec::new();
+        for (i, e) in p.electrodes.iter().enumerate() {
+            check(
+                CHANNELS.contains(&e.channel.as_str()),
+                &format!("/electrodes/{i}/channel"),
+                format!("{:?} is not a channel of this stimulator; expected one of {CHANNELS:?}", e.channel),
+            );
+            check(
+                !seen.contains(&e.channel),
+                &format!("/electrodes/{i}/channel"),
+                format!("channel {:?} already has an electrode pair", e.channel),
+            );
+            seen.push(e.channel.clone());
+            check(
+                e.electrode_area_cm2.is_finite() && e.electrode_area_cm2 >= 1.0 && e.electrode_area_cm2 <= 200.0,
+                &format!("/electrodes/{i}/electrode_area_cm2"),
+                format!("{} cm2 is not a plausible electrode area; expected 1-200 cm2", e.electrode_area_cm2),
+            );
+            let region = e.site.body_region();
+            check(
+                region.is_some_and(|r| !r.is_tens_forbidden()),
+                &format!("/electrodes/{i}/site"),
+                format!("{} is not a TENS site: never across the head, eyes, mouth, anterior neck or chest (IEC 60601-2-10 warnings)", e.site),
+            );
+        }
+        let (lo, hi) = match p.mode {
+            TensMode::Conventional => (50.0, 150.0),
+            TensMode::AcupunctureLike => (1.0, 15.0),
+            TensMode::Burst => (50.0, 150.0),
+            TensMode::Modulated => (2.0, 150.0),
+        };
+        check(
+            p.frequency_hz.is_finite() && p.frequency_hz >= lo && p.frequency_hz <= hi,
+            "/frequency_hz",
+            format!("{} Hz is outside {lo}-{hi} Hz for {:?} mode", p.frequency_hz, p.mode),
+        );
+        check(
+            p.pulse_width_us.is_finite() && (50.0..=250.0).contains(&p.pulse_width_us),
+            "/pulse_width_us",
+            format!("{} us is outside the clinical 50-250 us per phase", p.pulse_width_us),
+        );
+        check(
+            p.amplitude_ma.is_finite() && p.amplitude_ma > 0.0 && p.amplitude_ma <= 100.0,
+            "/amplitude_ma",
+            format!("{} mA: expected a peak amplitude above 0 and at most 100 mA", p.amplitude_ma),
+        );
+        check(
+            p.session_minutes.is_finite() && (1.0..=60.0).contains(&p.session_minutes),
+            "/session_minutes",
+            format!("{} min is outside 1-60 min", p.session_minutes),
+        );
+        check(
+            p.waveform != Waveform::Monophasic,
+            "/waveform",
+            "monophasic output is not charge balanced; use symmetric or asymmetric biphasic (ANSI/AAMI NS15)".into(),
+        );
+        let total_s = p.session_minutes * 60.0;
+        check(
+            f64::from(p.ramp_up_s) + f64::from(p.ramp_down_s) < total_s,
+            "/ramp_up_s",
+            format!("ramps ({} s up + {} s down) leave no time at the target in a {total_s} s session", p.ramp_up_s, p.ramp_down_s),
+        );
+        check(p.ramp_up_s >= 10, "/ramp_up_s", "the amplitude must ramp up from zero over at least 10 s".into());
+        if p.mode == TensMode::Burst {
+            check((2..=20).contains(&p.burst_pulses), "/burst_pulses", format!("{} pulses per burst; expected 2-20", p.burst_pulses));
+            check(
+                p.burst_rate_hz.is_finite() && (0.5..=10.0).contains(&p.burst_rate_hz),
+                "/burst_rate_hz",
+                format!("{} bursts/s; expected 0.5-10", p.burst_rate_hz),
+            );
+        }
+        if p.mode == TensMode::Modulated {
+            check(p.modulation_period_s >= 1, "/modulation_period_s", "must be at least 1 s".into());
+        }
+        if errs.is_empty() { Ok(()) } else { Err(errs) }
+    }
+
+    fn plan(p: &TensParams, _patient: &Patient) -> Result<SessionPlan, PlanError> {
+        let total_ms = (p.session_minutes * 60_000.0).round() as u64;
+        let ramp_up_ms = u64::from(p.ramp_up_s) * 1000;
+        let ramp_down_ms = u64::from(p.ramp_down_s) * 1000;
+        let hold_ms = total_ms - ramp_up_ms - ramp_down_ms;
+        let mut steps = Vec::new();
+        for e in &p.electrodes {
+            let setpoint = |amplitude_ma: f64, frequency_hz: f64| {
+                let (burst_pulses, burst_rate_hz) = if p.mode == TensMode::Burst {
+                    (p.burst_pulses, p.burst_rate_hz)
+                } else {
+                    (0, 0.0)
+                };
+                Setpoint::Electrical(ElectricalSetpoint {
+                    frequency_hz,
+                    pulse_width_us: p.pulse_width_us,
+                    amplitude_ma,
+                    waveform: p.waveform,
+                    electrode_area_cm2: e.electrode_area_cm2,
+                    burst_pulses,
+                    burst_rate_hz,
+                })
+            };
+            let mut push = |offset_ms: u64, duration_ms: u64, amplitude_ma: f64, frequency_hz: f64, label: String| {
+                steps.push(PlanStep {
+                    offset_ms,
+                    duration_ms,
+                    channel: e.channel.clone(),
+                    site: e.site.clone(),
+                    setpoint: setpoint(amplitude_ma, frequency_hz),
+                    label,
+                });
+            };
+            // Ramp up from near zero in equal increments: the first step is 1/n of the target.
+            let n_up = ramp_up_ms.div_ceil(RAMP_STEP_MS).max(1);
+            for k in 0..n_up {
+                let start = k * RAMP_STEP_MS;
+                let dur = RAMP_STEP_MS.min(ramp_up_ms - start);
+                let amp = p.amplitude_ma * (k + 1) as f64 / n_up as f64;
+                push(start, dur, round_ma(amp), p.frequency_hz, format!("ramp up {}/{n_up}", k + 1));
+            }
+            // Hold. Modulated mode alternates between the set frequency and half of it.
+            let mut t = ramp_up_ms;
+            if p.mode == TensMode::Modulated {
+                let period = u64::from(p.modulation_period_s) * 1000;
+                let mut high = true;
+                while t < ramp_up_ms + hold_ms {
+                    let dur = period.min(ramp_up_ms + hold_ms - t);
+                    let f = if high { p.frequency_hz } else { (p.frequency_hz / 2.0).max(2.0) };
+                    push(t, dur, p.amplitude_ma, f, format!("hold {} Hz", f));
+                    high = !high;
+                    t += dur;
+                }
+            } else {
+                push(t, hold_ms, p.amplitude_ma, p.frequency_hz, "hold".into());
+                t += hold_ms;
+            }
+            // Optional ramp down.
+            let n_down = ramp_down_ms.div_ceil(RAMP_STEP_MS);
+            for k in 0..n_down {
+                let start = t + k * RAMP_STEP_MS;
+                let dur = RAMP_STEP_MS.min(ramp_down_ms - k * RAMP_STEP_MS);
+                let amp = p.amplitude_ma * (n_down - k) as f64 / (n_down + 1) as f64;
+                push(start, dur, round_ma(amp), p.frequency_hz, format!("ramp down {}/{n_down}", k + 1));
+            }
+        }
+        let e0 = p.electrodes.first().map(|e| e.electrode_area_cm2).unwrap_or(1.0);
+        let rms = dose::rms_current_ma(p.amplitude_ma, p.pulse_width_us, effective_rate(p), p.waveform);
+        let notes = vec![
+            format!(
+                "{:?} TENS {} Hz, {} us/phase, {} mA peak: {:.1} mA r.m.s., {:.2} uC per phase, {:.3} mA/cm2 r.m.s. on {e0} cm2",
+                p.mode,
+                p.frequency_hz,
+                p.pulse_width_us,
+                p.amplitude_ma,
+                rms,
+                dose::charge_per_phase_uc(p.amplitude_ma, p.pulse_width_us),
+                dose::current_density_ma_per_cm2(rms, e0),
+            ),
+            format!("ramp up {} s from {:.1} mA, ramp down {} s", p.ramp_up_s, p.amplitude_ma / n_steps(p.ramp_up_s) as f64, p.ramp_down_s),
+        ];
+        Ok(SessionPlan { steps, notes })
+    }
+}
+
+fn n_steps(ramp_s: u32) -> u64 {
+    (u64::from(ramp_s) * 1000).div_ceil(RAMP_STEP_MS).max(1)
+}
+
+fn effective_rate(p: &TensParams) -> f64 {
+    if p.mode == TensMode::Burst {
+        f64::from(p.burst_pulses) * p.burst_rate_hz
+    } else {
+        p.frequency_hz
+    }
+}
+
+/// Amplitudes are set in 0.1 mA increments, the resolution of common stimulators.
+fn round_ma(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+export_plugin!(Tens);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h() -> Harness<Tens> {
+        Harness::new()
+    }
+
+    fn params() -> TensParams {
+        Tens::sample_params()
+    }
+
+    fn plan(p: &TensParams) -> SessionPlan {
+        let json = serde_json::to_string(p).expect("params serialise");
+        h().plan(&json, &Patient::default()).expect("plans")
+    }
+
+    #[test]
+    fn sample_plans_and_conforms() {
+        let plan = h().plan_sample(&Patient::default()).expect("sample plans");
+        h().assert_conforms(&plan);
+    }
+
+    #[test]
+    fn ramps_up_from_near_zero_and_holds_the_target() {
+        let p = params();
+        let plan = plan(&p);
+        let ch1: Vec<&PlanStep> = plan.steps.iter().filter(|s| s.channel == "ch1").collect();
+        let amps: Vec<f64> = ch1
+            .iter()
+            .map(|s| match s.setpoint {
+                Setpoint::Electrical(e) => e.amplitude_ma,
+                _ => f64::NAN,
+            })
+            .collect();
+        // 60 s ramp in 5 s steps: 12 steps, the first at 1/12 of 25 mA.
+        assert_eq!(amps[0], round_ma(25.0 / 12.0));
+        assert!(amps.windows(2).take(11).all(|w| w[1] > w[0]), "ramp rises: {amps:?}");
+        assert_eq!(amps[12], 25.0);
+        // Session length is exactly 30 minutes, contiguous, no gaps.
+        assert_eq!(plan.duration_ms(), 30 * 60_000);
+        for w in ch1.windows(2) {
+            assert_eq!(w[0].end_ms(), w[1].offset_ms);
+        }
+        // Ramp down ends below the target.
+        assert!(amps.last().is_some_and(|a| *a < 25.0));
+    }
+
+    #[test]
+    fn output_is_charge_balanced_biphasic() {
+        for s in plan(&params()).steps {
+            match s.setpoint {
+                Setpoint::Electrical(e) => assert_eq!(e.waveform, Waveform::SymmetricBiphasic),
+                other => panic!("unexpected setpoint {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn no_ramp_down_when_zero() {
+        let mut p = params();
+        p.ramp_down_s = 0;
+        let plan = plan(&p);
+        let last = plan.steps.iter().filter(|s| s.channel == "ch1").last().expect("steps");
+        assert_eq!(last.label, "hold");
+    }
+
+    #[test]
+    fn burst_mode_carries_burst_fields() {
+        let mut p = params();
+        p.mode = TensMode::Burst;
+        p.frequency_hz = 100.0;
+        p.pulse_width_us = 200.0;
+        let plan = plan(&p);
+        assert!(plan.steps.iter().all(|s| matches!(s.setpoint, Setpoint::Electrical(e) if e.burst_pulses == 7 && e.burst_rate_hz == 2.0)));
+    }
+
+    #[test]
+    fn modulated_mode_alternates_frequency() {
+        let mut p = params();
+        p.mode = TensMode::Modulated;
+        p.frequency_hz = 80.0;
+        p.pulse_width_us = 100.0;
+        let plan = plan(&p);
+        let freqs: Vec<f64> = plan
+            .steps
+            .iter()
+            .filter(|s| s.channel == "ch1" && s.label.starts_with("hold"))
+            .map(|s| match s.setpoint {
+                Setpoint::Electrical(e) => e.frequency_hz,
+                _ => 0.0,
+            })
+            .collect();
+        assert!(freqs.len() > 10);
+        assert_eq!(&freqs[..2], &[80.0, 40.0]);
+    }
+
+    #[test]
+    fn validation_points_at_the_field() {
+        let mut p = params();
+        p.electrodes[1].channel = "ch9".into();
+        p.electrodes[0].site = BodySite::region(BodyRegion::AnteriorNeck, Side::Midline);
+        p.pulse_width_us = 400.0;
+        p.waveform = Waveform::Monophasic;
+        let json = serde_json::to_string(&p).expect("serialise");
+        let errs = h().validate(&json).expect_err("invalid");
+        let pointers: Vec<&str> = errs.iter().map(|e| e.pointer.as_str()).collect();
+        assert!(pointers.contains(&"/electrodes/1/channel"), "{pointers:?}");
+        assert!(pointers.contains(&"/electrodes/0/site"), "{pointers:?}");
+        assert!(pointers.contains(&"/pulse_width_us"), "{pointers:?}");
+        assert!(pointers.contains(&"/waveform"), "{pointers:?}");
+    }
+
+    #[test]
+    fn type_errors_point_at_the_field() {
+        let json = r#"{"electrodes":[{"channel":"ch1","site":"nowhere:left"}],"mode":"conventional","frequency_hz":"fast","pulse_width_us":100,"amplitude_ma":20,"session_minutes":30}"#;
+        let errs = h().validate(json).expect_err("invalid");
+        assert_eq!(errs[0].pointer, "/electrodes/0/site", "{errs:?}");
+        let json = r#"{"electrodes":[],"mode":"conventional","frequency_hz":"fast","pulse_width_us":100,"amplitude_ma":20,"session_minutes":30}"#;
+        let errs = h().validate(json).expect_err("invalid");
+        assert_eq!(errs[0].pointer, "/frequency_hz", "{errs:?}");
+    }
+
+    #[test]
+    fn planning_is_deterministic() {
+        assert_eq!(plan(&params()), plan(&params()));
+    }
+}

@@ -1,0 +1,1 @@
+//! The first-party plugins, compiled to wasm, through the host runtime.
