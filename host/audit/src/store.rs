@@ -1,0 +1,224 @@
+//! The sled database: the only place in modalis that touches sled.
+//!
+//! Two trees: [`layout::RECORDS_TREE`] (8-byte big-endian sequence number → record, see
+//! [`crate::record`]) and [`layout::META_TREE`] (the controller id and the chain head, i.e.
+//! the record count and the last record's hash). A batch of records and the new head are
+//! written in one sled transaction, so after any crash the head matches the records.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+
+use sled::Transactional as _;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+use crate::error::AuditError;
+use crate::keys::sync_dir;
+use crate::layout;
+use crate::record::{self, ChainHash};
+
+/// Meta key of the chain head: `u64be(count) || hash of record count-1`.
+pub(crate) const HEAD_KEY: &[u8] = b"head";
+/// Meta key of the controller id the log belongs to.
+pub(crate) const CONTROLLER_KEY: &[u8] = b"controller";
+
+#[derive(Debug)]
+pub(crate) struct Store {
+    pub db: sled::Db,
+    pub records: sled::Tree,
+    pub meta: sled::Tree,
+    /// The audit directory (not the sled directory inside it).
+    pub dir: PathBuf,
+    pub sled_dir: PathBuf,
+}
+
+impl Store {
+    /// Opens the database in `dir`. With `create` false, a directory without one is an error
+    /// rather than a new empty log (so `verify` of a mistyped path does not pass).
+    pub(crate) fn open(dir: &Path, create: bool) -> Result<Store, AuditError> {
+        let sled_dir = dir.join(layout::SLED_DIR);
+        if !create && !sled_dir.join("db").is_file() {
+            return Err(AuditError::NotFound {
+                dir: dir.to_path_buf(),
+            });
+        }
+        let db = sled::Config::new().path(&sled_dir).open().map_err(|e| {
+            // sled reports its exclusive file lock only as an I/O error with this text.
+            if e.to_string().contains("could not acquire lock") {
+                AuditError::Locked {
+                    path: sled_dir.clone(),
+                }
+            } else {
+                AuditError::db(&sled_dir, e)
+            }
+        })?;
+        let records = db
+            .open_tree(layout::RECORDS_TREE)
+            .map_err(|e| AuditError::db(&sled_dir, e))?;
+        let meta = db
+            .open_tree(layout::META_TREE)
+            .map_err(|e| AuditError::db(&sled_dir, e))?;
+        Ok(Store {
+            db,
+            records,
+            meta,
+            dir: dir.to_path_buf(),
+            sled_dir,
+        })
+    }
+
+    fn err(&self, e: sled::Error) -> AuditError {
+        AuditError::db(&self.sled_dir, e)
+    }
+
+    fn inconsistent(&self, problem: String) -> AuditError {
+        AuditError::Inconsistent {
+            dir: self.dir.clone(),
+            problem,
+        }
+    }
+
+    /// The controller id recorded in the log, if any.
+    pub(crate) fn controller(&self) -> Result<Option<String>, AuditError> {
+        Ok(self
+            .meta
+            .get(CONTROLLER_KEY)
+            .map_err(|e| self.err(e))?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Records `id` as the log's controller on first use; refuses another id later.
+    pub(crate) fn claim_controller(&self, id: &str) -> Result<(), AuditError> {
+        match self.controller()? {
+            Some(found) if found == id => Ok(()),
+            Some(found) => Err(AuditError::ControllerMismatch {
+                dir: self.dir.clone(),
+                expected: id.to_owned(),
+                found,
+            }),
+            None => {
+                if !self.records.is_empty() {
+                    return Err(self.inconsistent("records present but no controller id".into()));
+                }
+                self.meta
+                    .insert(CONTROLLER_KEY, id.as_bytes())
+                    .map_err(|e| self.err(e))?;
+                self.db.flush().map_err(|e| self.err(e))?;
+                Ok(())
+            }
+        }
+    }
+
+    /// The stored chain head as `(count, hash)`, if the meta tree has one.
+    pub(crate) fn stored_head(&self) -> Result<Option<(u64, ChainHash)>, AuditError> {
+        let Some(v) = self.meta.get(HEAD_KEY).map_err(|e| self.err(e))? else {
+            return Ok(None);
+        };
+        let Some((count, hash)) = v.split_first_chunk::<8>() else {
+            return Err(self.inconsistent(format!("chain head is {} bytes, not 40", v.len())));
+        };
+        let hash = <[u8; 32]>::try_from(hash)
+            .map_err(|_| self.inconsistent(format!("chain head is {} bytes, not 40", v.len())))?;
+        Ok(Some((u64::from_be_bytes(*count), ChainHash(hash))))
+    }
+
+    /// The chain head, checked against the last record.
+    pub(crate) fn head(&self) -> Result<(u64, ChainHash), AuditError> {
+        let (count, hash) = self.stored_head()?.unwrap_or((0, ChainHash::GENESIS));
+        let last = self.records.last().map_err(|e| self.err(e))?;
+        match (count, last) {
+            (0, None) => Ok((0, ChainHash::GENESIS)),
+            (0, Some((k, _))) => Err(self.inconsistent(format!(
+                "no chain head but a record with key {}",
+                hex::encode(&k)
+            ))),
+            (n, None) => Err(self.inconsistent(format!(
+                "the chain head says {n} records but there are none"
+            ))),
+            (n, Some((k, v))) => {
+                let last_seq = record::seq_of(&k);
+                let stored = v.first_chunk::<32>().map(|h| ChainHash(*h));
+                if last_seq != Some(n - 1) || stored != Some(hash) {
+                    return Err(self.inconsistent(format!(
+                        "the chain head says {n} records ending in {hash}, but the last record \
+                         has key {} and hash {}",
+                        hex::encode(&k),
+                        stored.map_or_else(|| "(none)".into(), |h| h.to_hex())
+                    )));
+                }
+                Ok((n, hash))
+            }
+        }
+    }
+
+    /// Hash of record `count - 1` (the head after `count` records).
+    pub(crate) fn hash_at(&self, count: u64) -> Result<ChainHash, AuditError> {
+        if count == 0 {
+            return Ok(ChainHash::GENESIS);
+        }
+        let v = self
+            .records
+            .get(record::key(count - 1))
+            .map_err(|e| self.err(e))?
+            .ok_or_else(|| self.inconsistent(format!("record {} is missing", count - 1)))?;
+        v.first_chunk::<32>()
+            .map(|h| ChainHash(*h))
+            .ok_or_else(|| self.inconsistent(format!("record {} is truncated", count - 1)))
+    }
+
+    /// Writes a batch of records and the new head atomically, then flushes.
+    pub(crate) fn write(
+        &self,
+        batch: &sled::Batch,
+        count: u64,
+        head: &ChainHash,
+    ) -> Result<(), AuditError> {
+        let mut head_value = Vec::with_capacity(40);
+        head_value.extend_from_slice(&count.to_be_bytes());
+        head_value.extend_from_slice(&head.0);
+        (&self.records, &self.meta)
+            .transaction(|(r, m)| {
+                r.apply_batch(batch)?;
+                m.insert(HEAD_KEY, head_value.as_slice())?;
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Storage(e) => self.err(e),
+                TransactionError::Abort(()) => AuditError::Write("transaction aborted".into()),
+            })?;
+        self.db.flush().map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// fsyncs every file sled keeps (its log `db`, `conf`, snapshots and large-value blobs)
+    /// and their directories. sled's own flush uses sync_file_range, which does not reach
+    /// the disk's cache nor the file's metadata (sled #1452); fsync of any descriptor of a
+    /// file covers all of its written data.
+    pub(crate) fn sync_files(&self) -> Result<(), AuditError> {
+        self.db.flush().map_err(|e| self.err(e))?;
+        sync_tree(&self.sled_dir)
+    }
+}
+
+fn sync_tree(dir: &Path) -> Result<(), AuditError> {
+    let entries = fs::read_dir(dir).map_err(|e| AuditError::io(dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| AuditError::io(dir, e))?;
+        let path = entry.path();
+        let kind = match entry.file_type() {
+            Ok(k) => k,
+            // sled may delete a blob or an old snapshot while we walk; nothing to sync then.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(AuditError::io(&path, e)),
+        };
+        if kind.is_dir() {
+            sync_tree(&path)?;
+        } else if kind.is_file() {
+            match File::open(&path).and_then(|f| f.sync_all()) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(AuditError::io(&path, e)),
+            }
+        }
+    }
+    sync_dir(dir)
+}
