@@ -102,6 +102,10 @@ fn discover(dir: &Path, hostile: bool) -> Vec<PluginCrate> {
             continue;
         }
         let text = fs::read_to_string(&manifest).expect("read plugin Cargo.toml");
+        // Support crates (shared scaffolding) are libraries, not components.
+        if !text.contains("cdylib") {
+            continue;
+        }
         let package = text
             .lines()
             .find_map(|l| l.trim().strip_prefix("name").map(|r| r.trim_start().trim_start_matches('=').trim().trim_matches('"').to_string()))
