@@ -24,13 +24,24 @@ pub fn validate<P: ModalityPlugin>(params: String) -> Result<(), Vec<wit::FieldE
     plugin::validate_json::<P>(&params).map_err(|v| v.into_iter().map(Into::into).collect())
 }
 
-pub fn plan<P: ModalityPlugin>(params: String, patient: wit::Patient) -> Result<wit::SessionPlan, wit::PlanError> {
+pub fn plan<P: ModalityPlugin>(
+    params: String,
+    patient: wit::Patient,
+) -> Result<wit::SessionPlan, wit::PlanError> {
     let patient: crate::types::Patient = patient.into();
-    plugin::plan_json::<P>(&params, &patient).map(Into::into).map_err(Into::into)
+    plugin::plan_json::<P>(&params, &patient)
+        .map(Into::into)
+        .map_err(Into::into)
 }
 
-pub fn on_telemetry<P: ModalityPlugin>(step: wit::PlanStep, sample: wit::TelemetrySample) -> Vec<wit::Adjustment> {
+pub fn on_telemetry<P: ModalityPlugin>(
+    step: wit::PlanStep,
+    sample: wit::TelemetrySample,
+) -> Vec<wit::Adjustment> {
     let step: crate::types::PlanStep = step.into();
     let sample: crate::types::TelemetrySample = sample.into();
-    P::on_telemetry(&step, &sample).into_iter().map(Into::into).collect()
+    P::on_telemetry(&step, &sample)
+        .into_iter()
+        .map(Into::into)
+        .collect()
 }

@@ -40,14 +40,24 @@ pub fn phases_per_pulse(waveform: Waveform) -> f64 {
 
 /// r.m.s. current of a rectangular pulse train:
 /// I_rms = I_peak * sqrt(phase_us * phases * f_Hz * 1e-6) (Enraf-Nonius IFU; clinical-facts.md).
-pub fn rms_current_ma(peak_ma: f64, pulse_width_us: f64, pulse_rate_hz: f64, waveform: Waveform) -> f64 {
+pub fn rms_current_ma(
+    peak_ma: f64,
+    pulse_width_us: f64,
+    pulse_rate_hz: f64,
+    waveform: Waveform,
+) -> f64 {
     let duty = pulse_width_us * phases_per_pulse(waveform) * pulse_rate_hz * 1e-6;
     peak_ma * duty.clamp(0.0, 1.0).sqrt()
 }
 
 /// r.m.s. current of an electrical setpoint, accounting for burst modulation.
 pub fn setpoint_rms_ma(e: &ElectricalSetpoint) -> f64 {
-    rms_current_ma(e.amplitude_ma, e.pulse_width_us, e.effective_pulse_rate_hz(), e.waveform)
+    rms_current_ma(
+        e.amplitude_ma,
+        e.pulse_width_us,
+        e.effective_pulse_rate_hz(),
+        e.waveform,
+    )
 }
 
 /// Charge in one phase: Q = I x t (uC). 80 mA x 250 us = 20 uC (clinical-facts.md).
@@ -108,6 +118,9 @@ mod tests {
             burst_pulses: 7,
             burst_rate_hz: 2.0,
         };
-        assert!(close(setpoint_rms_ma(&e), rms_current_ma(30.0, 200.0, 14.0, Waveform::SymmetricBiphasic)));
+        assert!(close(
+            setpoint_rms_ma(&e),
+            rms_current_ma(30.0, 200.0, 14.0, Waveform::SymmetricBiphasic)
+        ));
     }
 }

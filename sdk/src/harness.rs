@@ -67,7 +67,11 @@ impl<P: ModalityPlugin> Harness<P> {
         assert!(
             issues.is_empty(),
             "plugin does not conform:\n{}",
-            issues.iter().map(|i| format!("  {i}")).collect::<Vec<_>>().join("\n")
+            issues
+                .iter()
+                .map(|i| format!("  {i}"))
+                .collect::<Vec<_>>()
+                .join("\n")
         );
     }
 }

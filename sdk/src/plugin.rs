@@ -117,7 +117,10 @@ pub fn validate_json<P: ModalityPlugin>(json: &str) -> Result<(), Vec<FieldError
 }
 
 /// `plan` on JSON parameters: parse, validate, plan.
-pub fn plan_json<P: ModalityPlugin>(json: &str, patient: &Patient) -> Result<SessionPlan, PlanError> {
+pub fn plan_json<P: ModalityPlugin>(
+    json: &str,
+    patient: &Patient,
+) -> Result<SessionPlan, PlanError> {
     let params = parse_params::<P>(json).map_err(PlanError::from_fields)?;
     P::validate(&params).map_err(PlanError::from_fields)?;
     P::plan(&params, patient)

@@ -20,7 +20,9 @@ use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Side of the body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Side {
     /// Patient's left.
@@ -159,8 +161,20 @@ pub struct Acupoint {
     pub pregnancy_caution: bool,
 }
 
-const fn pt(code: &'static str, name: &'static str, region: BodyRegion, location: &'static str) -> Acupoint {
-    Acupoint { code, name, region, location, same_place_as: None, pregnancy_caution: false }
+const fn pt(
+    code: &'static str,
+    name: &'static str,
+    region: BodyRegion,
+    location: &'static str,
+) -> Acupoint {
+    Acupoint {
+        code,
+        name,
+        region,
+        location,
+        same_place_as: None,
+        pregnancy_caution: false,
+    }
 }
 
 const fn same(mut p: Acupoint, other: &'static str) -> Acupoint {
@@ -178,38 +192,112 @@ use BodyRegion as R;
 /// The point vocabulary. Source: WHO Standard Acupuncture Point Locations in the Western Pacific
 /// Region (2008), as summarised in clinical-facts.md "Acupuncture points".
 pub const ACUPOINTS: &[Acupoint] = &[
-    pt("ST34", "Liangqiu", R::Thigh, "anterolateral thigh, above the patella"),
-    pt("ST36", "Zusanli", R::LowerLegAnterior, "anterior leg, 3 cun below ST35"),
+    pt(
+        "ST34",
+        "Liangqiu",
+        R::Thigh,
+        "anterolateral thigh, above the patella",
+    ),
+    pt(
+        "ST36",
+        "Zusanli",
+        R::LowerLegAnterior,
+        "anterior leg, 3 cun below ST35",
+    ),
     pt("ST40", "Fenglong", R::LowerLegAnterior, "anterolateral leg"),
     pt("ST41", "Jiexi", R::Ankle, "front of the ankle"),
-    pt("ST44", "Neiting", R::FootDorsum, "dorsum of foot, web of toes 2-3"),
+    pt(
+        "ST44",
+        "Neiting",
+        R::FootDorsum,
+        "dorsum of foot, web of toes 2-3",
+    ),
     pt("SP3", "Taibai", R::FootMedial, "medial foot"),
     pt("SP4", "Gongsun", R::FootMedial, "medial foot"),
-    preg(pt("SP6", "Sanyinjiao", R::LowerLegMedial, "medial leg, 3 cun above the medial malleolus")),
-    pt("SP9", "Yinlingquan", R::LowerLegMedial, "medial leg, below the tibial condyle"),
+    preg(pt(
+        "SP6",
+        "Sanyinjiao",
+        R::LowerLegMedial,
+        "medial leg, 3 cun above the medial malleolus",
+    )),
+    pt(
+        "SP9",
+        "Yinlingquan",
+        R::LowerLegMedial,
+        "medial leg, below the tibial condyle",
+    ),
     pt("SP10", "Xuehai", R::Thigh, "anteromedial thigh"),
-    pt("LR2", "Xingjian", R::FootDorsum, "dorsum of foot, web of toes 1-2"),
-    pt("LR3", "Taichong", R::FootDorsum, "dorsum of foot, over the dorsalis pedis artery"),
+    pt(
+        "LR2",
+        "Xingjian",
+        R::FootDorsum,
+        "dorsum of foot, web of toes 1-2",
+    ),
+    pt(
+        "LR3",
+        "Taichong",
+        R::FootDorsum,
+        "dorsum of foot, over the dorsalis pedis artery",
+    ),
     pt("KI1", "Yongquan", R::FootPlantar, "sole"),
     pt("KI3", "Taixi", R::Ankle, "posteromedial ankle"),
     pt("KI7", "Fuliu", R::LowerLegMedial, "posteromedial leg"),
     pt("BL40", "Weizhong", R::Knee, "back of the knee"),
     pt("BL57", "Chengshan", R::LowerLegPosterior, "calf"),
     preg(pt("BL60", "Kunlun", R::Ankle, "posterolateral ankle")),
-    pt("GB34", "Yanglingquan", R::LowerLegLateral, "lateral leg, below the fibular head"),
-    pt("GB39", "Xuanzhong", R::LowerLegLateral, "lateral leg, 3 cun above the lateral malleolus"),
-    pt("GB41", "Zulinqi", R::FootDorsum, "dorsum of foot, lateral side"),
-    pt("GB43", "Xiaxi", R::FootDorsum, "dorsum of foot, web of toes 4-5"),
-    preg(pt("LI4", "Hegu", R::HandDorsum, "dorsum of hand, between metacarpals 1 and 2")),
+    pt(
+        "GB34",
+        "Yanglingquan",
+        R::LowerLegLateral,
+        "lateral leg, below the fibular head",
+    ),
+    pt(
+        "GB39",
+        "Xuanzhong",
+        R::LowerLegLateral,
+        "lateral leg, 3 cun above the lateral malleolus",
+    ),
+    pt(
+        "GB41",
+        "Zulinqi",
+        R::FootDorsum,
+        "dorsum of foot, lateral side",
+    ),
+    pt(
+        "GB43",
+        "Xiaxi",
+        R::FootDorsum,
+        "dorsum of foot, web of toes 4-5",
+    ),
+    preg(pt(
+        "LI4",
+        "Hegu",
+        R::HandDorsum,
+        "dorsum of hand, between metacarpals 1 and 2",
+    )),
     pt("LI11", "Quchi", R::Elbow, "lateral elbow crease"),
-    pt("PC6", "Neiguan", R::Forearm, "anterior forearm, 2 cun above the wrist crease"),
+    pt(
+        "PC6",
+        "Neiguan",
+        R::Forearm,
+        "anterior forearm, 2 cun above the wrist crease",
+    ),
     pt("HT7", "Shenmen", R::Wrist, "anteromedial wrist crease"),
     // EX-LE10 Bafeng: four points per foot on the toe webs, numbered from the big toe. Three of
     // them are the same places as LR2, ST44 and GB43 (clinical-facts.md).
-    same(pt("EX-LE10-1", "Bafeng", R::FootDorsum, "web of toes 1-2"), "LR2"),
-    same(pt("EX-LE10-2", "Bafeng", R::FootDorsum, "web of toes 2-3"), "ST44"),
+    same(
+        pt("EX-LE10-1", "Bafeng", R::FootDorsum, "web of toes 1-2"),
+        "LR2",
+    ),
+    same(
+        pt("EX-LE10-2", "Bafeng", R::FootDorsum, "web of toes 2-3"),
+        "ST44",
+    ),
     pt("EX-LE10-3", "Bafeng", R::FootDorsum, "web of toes 3-4"),
-    same(pt("EX-LE10-4", "Bafeng", R::FootDorsum, "web of toes 4-5"), "GB43"),
+    same(
+        pt("EX-LE10-4", "Bafeng", R::FootDorsum, "web of toes 4-5"),
+        "GB43",
+    ),
     // EX-LE12 Qiduan: the tips of the five toes, numbered from the big toe.
     pt("EX-LE12-1", "Qiduan", R::Toes, "tip of toe 1"),
     pt("EX-LE12-2", "Qiduan", R::Toes, "tip of toe 2"),
@@ -222,8 +310,18 @@ pub const ACUPOINTS: &[Acupoint] = &[
     pt("EX-UE9-3", "Baxie", R::HandDorsum, "web of fingers 3-4"),
     pt("EX-UE9-4", "Baxie", R::HandDorsum, "web of fingers 4-5"),
     // Periorbital points: in the vocabulary only so that a plan naming them is refused by name.
-    pt("BL1", "Jingming", R::Periorbital, "medial canthus: never a laser target"),
-    pt("ST1", "Chengqi", R::Periorbital, "below the pupil on the infraorbital ridge: never a laser target"),
+    pt(
+        "BL1",
+        "Jingming",
+        R::Periorbital,
+        "medial canthus: never a laser target",
+    ),
+    pt(
+        "ST1",
+        "Chengqi",
+        R::Periorbital,
+        "below the pupil on the infraorbital ridge: never a laser target",
+    ),
 ];
 
 /// The point with this code (case-insensitive), if the vocabulary knows it.
@@ -270,7 +368,9 @@ pub struct BodySite {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SiteError {
     /// Not `LOCATION:side`.
-    #[error("site {0:?} is not of the form LOCATION:side (e.g. \"ST36:left\", \"foot_dorsum:right\")")]
+    #[error(
+        "site {0:?} is not of the form LOCATION:side (e.g. \"ST36:left\", \"foot_dorsum:right\")"
+    )]
     Form(String),
     /// Side not left/right/midline.
     #[error("site {site:?}: side {side:?} is not one of left, right, midline")]
@@ -281,7 +381,9 @@ pub enum SiteError {
         side: String,
     },
     /// Neither a region nor a known point.
-    #[error("site {site:?}: {location:?} is neither a body region nor a known WHO acupuncture point code")]
+    #[error(
+        "site {site:?}: {location:?} is neither a body region nor a known WHO acupuncture point code"
+    )]
     Unknown {
         /// The whole site string.
         site: String,
@@ -293,12 +395,18 @@ pub enum SiteError {
 impl BodySite {
     /// A region site.
     pub fn region(region: BodyRegion, side: Side) -> Self {
-        BodySite { location: Location::Region(region), side }
+        BodySite {
+            location: Location::Region(region),
+            side,
+        }
     }
 
     /// A point site. The code is upper-cased; it is not checked here.
     pub fn point(code: &str, side: Side) -> Self {
-        BodySite { location: Location::Acupoint(code.trim().to_ascii_uppercase()), side }
+        BodySite {
+            location: Location::Acupoint(code.trim().to_ascii_uppercase()),
+            side,
+        }
     }
 
     /// The point, if this site is a known acupuncture point.
@@ -337,7 +445,8 @@ impl BodySite {
     /// Whether two sites act on the same tissue: the same canonical site, or a point and the
     /// region it lies in, on the same side (a midline site overlaps either side).
     pub fn overlaps(&self, other: &BodySite) -> bool {
-        let sides = self.side == other.side || self.side == Side::Midline || other.side == Side::Midline;
+        let sides =
+            self.side == other.side || self.side == Side::Midline || other.side == Side::Midline;
         if !sides {
             return false;
         }
@@ -366,7 +475,9 @@ impl FromStr for BodySite {
     type Err = SiteError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (loc, side) = s.rsplit_once(':').ok_or_else(|| SiteError::Form(s.to_string()))?;
+        let (loc, side) = s
+            .rsplit_once(':')
+            .ok_or_else(|| SiteError::Form(s.to_string()))?;
         let side_v = Side::parse(side).ok_or_else(|| SiteError::Side {
             site: s.to_string(),
             side: side.to_string(),
@@ -418,7 +529,12 @@ mod tests {
 
     #[test]
     fn parses_regions_and_points_and_round_trips() {
-        for s in ["ST36:left", "foot_dorsum:right", "EX-LE10-1:left", "lower_back:midline"] {
+        for s in [
+            "ST36:left",
+            "foot_dorsum:right",
+            "EX-LE10-1:left",
+            "lower_back:midline",
+        ] {
             let site: BodySite = s.parse().expect("parses");
             assert_eq!(site.to_string(), s);
         }
@@ -430,8 +546,14 @@ mod tests {
 
     #[test]
     fn rejects_bad_sites_by_name() {
-        assert!(matches!("ST36".parse::<BodySite>(), Err(SiteError::Form(_))));
-        assert!(matches!("ST36:up".parse::<BodySite>(), Err(SiteError::Side { .. })));
+        assert!(matches!(
+            "ST36".parse::<BodySite>(),
+            Err(SiteError::Form(_))
+        ));
+        assert!(matches!(
+            "ST36:up".parse::<BodySite>(),
+            Err(SiteError::Side { .. })
+        ));
         let e = "ZZ99:left".parse::<BodySite>().expect_err("unknown");
         assert!(e.to_string().contains("ZZ99"), "{e}");
     }
@@ -440,7 +562,11 @@ mod tests {
     /// counts each site once.
     #[test]
     fn bafeng_coincides_with_lr2_st44_gb43() {
-        for (bafeng, other) in [("EX-LE10-1", "LR2"), ("EX-LE10-2", "ST44"), ("EX-LE10-4", "GB43")] {
+        for (bafeng, other) in [
+            ("EX-LE10-1", "LR2"),
+            ("EX-LE10-2", "ST44"),
+            ("EX-LE10-4", "GB43"),
+        ] {
             let a = BodySite::point(bafeng, Side::Left);
             assert_eq!(a.canonical(), BodySite::point(other, Side::Left));
             assert!(a.overlaps(&BodySite::point(other, Side::Left)));
@@ -455,8 +581,10 @@ mod tests {
         let st36 = BodySite::point("ST36", Side::Left);
         assert!(st36.overlaps(&BodySite::region(BodyRegion::LowerLegAnterior, Side::Left)));
         assert!(!st36.overlaps(&BodySite::region(BodyRegion::FootDorsum, Side::Left)));
-        assert!(BodySite::region(BodyRegion::LowerBack, Side::Midline)
-            .overlaps(&BodySite::region(BodyRegion::LowerBack, Side::Left)));
+        assert!(
+            BodySite::region(BodyRegion::LowerBack, Side::Midline)
+                .overlaps(&BodySite::region(BodyRegion::LowerBack, Side::Left))
+        );
     }
 
     #[test]

@@ -92,7 +92,7 @@ macro_rules! __wit_conversions {
                     }
                 }
             }
-    
+
         };
     };
 
@@ -138,8 +138,16 @@ macro_rules! __wit_conversions {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __sdk_type {
-    (BodyRegion) => { $crate::sites::BodyRegion };
-    (BodySite) => { $crate::sites::BodySite };
-    (Side) => { $crate::sites::Side };
-    ($name:ident) => { $crate::types::$name };
+    (BodyRegion) => {
+        $crate::sites::BodyRegion
+    };
+    (BodySite) => {
+        $crate::sites::BodySite
+    };
+    (Side) => {
+        $crate::sites::Side
+    };
+    ($name:ident) => {
+        $crate::types::$name
+    };
 }

@@ -53,7 +53,13 @@ impl ArtifactCache {
         if mode & 0o022 != 0 {
             // Someone else could plant artifacts; tighten if we own it, else refuse.
             fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| {
-                cache_err(dir, format!("is writable by group or others (mode {:o}) and cannot be restricted: {e}", mode & 0o777))
+                cache_err(
+                    dir,
+                    format!(
+                        "is writable by group or others (mode {:o}) and cannot be restricted: {e}",
+                        mode & 0o777
+                    ),
+                )
             })?;
         }
         let key = load_or_create_key(dir)?;
@@ -69,11 +75,13 @@ impl ArtifactCache {
     }
 
     fn path_for(&self, wasm_sha256: &str) -> PathBuf {
-        self.dir.join(format!("{wasm_sha256}-{}.cwasm", self.engine_hash))
+        self.dir
+            .join(format!("{wasm_sha256}-{}.cwasm", self.engine_hash))
     }
 
     fn tag(&self, wasm_sha256: &str, artifact: &[u8]) -> Result<[u8; TAG_LEN], PluginError> {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).map_err(|e| cache_err(&self.dir, e.to_string()))?;
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key)
+            .map_err(|e| cache_err(&self.dir, e.to_string()))?;
         mac.update(wasm_sha256.as_bytes());
         mac.update(b"\0");
         mac.update(self.engine_hash.as_bytes());
@@ -123,9 +131,20 @@ impl ArtifactCache {
     pub(crate) fn put(&self, wasm_sha256: &str, artifact: &[u8]) -> Result<(), PluginError> {
         let tag = self.tag(wasm_sha256, artifact)?;
         let path = self.path_for(wasm_sha256);
-        let tmp = self.dir.join(format!(".{wasm_sha256}.{}.tmp", std::process::id()));
+        // Unique per process and per call: concurrent loads of the same plugin must not share
+        // a temporary file.
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self
+            .dir
+            .join(format!(".{wasm_sha256}.{}.{n}.tmp", std::process::id()));
         let write = || -> std::io::Result<()> {
-            let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
             f.write_all(&tag)?;
             f.write_all(artifact)?;
             f.sync_all()?;
@@ -142,26 +161,65 @@ fn load_or_create_key(dir: &Path) -> Result<[u8; 32], PluginError> {
     let path = dir.join(KEY_FILE);
     match fs::read(&path) {
         Ok(bytes) => {
-            let mode = fs::metadata(&path).map(|m| m.permissions().mode()).unwrap_or(0);
+            let mode = fs::metadata(&path)
+                .map(|m| m.permissions().mode())
+                .unwrap_or(0);
             if mode & 0o077 != 0 {
-                return Err(cache_err(dir, format!("{} is readable by group or others (mode {:o}); remove it to regenerate", path.display(), mode & 0o777)));
+                return Err(cache_err(
+                    dir,
+                    format!(
+                        "{} is readable by group or others (mode {:o}); remove it to regenerate",
+                        path.display(),
+                        mode & 0o777
+                    ),
+                ));
             }
-            bytes.try_into().map_err(|_| cache_err(dir, format!("{} is not a 32-byte key; remove it to regenerate", path.display())))
+            bytes.try_into().map_err(|_| {
+                cache_err(
+                    dir,
+                    format!(
+                        "{} is not a 32-byte key; remove it to regenerate",
+                        path.display()
+                    ),
+                )
+            })
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut key = [0u8; 32];
-            getrandom::getrandom(&mut key).map_err(|e| cache_err(dir, format!("no randomness for the cache key: {e}")))?;
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .map_err(|e| cache_err(dir, format!("cannot create {}: {e}", path.display())))?;
-            f.write_all(&key)
-                .and_then(|()| f.sync_all())
-                .map_err(|e| cache_err(dir, format!("cannot write {}: {e}", path.display())))?;
-            Ok(key)
+            getrandom::getrandom(&mut key)
+                .map_err(|e| cache_err(dir, format!("no randomness for the cache key: {e}")))?;
+            // Write under a temporary name and link it into place: a concurrent opener either
+            // sees no key or a whole one, and exactly one key wins.
+            let tmp = dir.join(format!(
+                ".{KEY_FILE}.{}.{}.tmp",
+                std::process::id(),
+                hex::encode(&key[..8])
+            ));
+            let write = || -> std::io::Result<()> {
+                let mut f = OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&tmp)?;
+                f.write_all(&key)?;
+                f.sync_all()
+            };
+            write().map_err(|e| cache_err(dir, format!("cannot write {}: {e}", tmp.display())))?;
+            let linked = fs::hard_link(&tmp, &path);
+            let _ = fs::remove_file(&tmp);
+            match linked {
+                Ok(()) => Ok(key),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => load_or_create_key(dir),
+                Err(e) => Err(cache_err(
+                    dir,
+                    format!("cannot create {}: {e}", path.display()),
+                )),
+            }
         }
-        Err(e) => Err(cache_err(dir, format!("cannot read {}: {e}", path.display()))),
+        Err(e) => Err(cache_err(
+            dir,
+            format!("cannot read {}: {e}", path.display()),
+        )),
     }
 }

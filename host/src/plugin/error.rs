@@ -15,13 +15,17 @@ pub enum PluginError {
         source: std::io::Error,
     },
     /// Not WebAssembly at all.
-    #[error("{plugin}: not a WebAssembly file (expected the bytes \\0asm at the start); build the plugin with `cargo build --target wasm32-wasip2 --release`")]
+    #[error(
+        "{plugin}: not a WebAssembly file (expected the bytes \\0asm at the start); build the plugin with `cargo build --target wasm32-wasip2 --release`"
+    )]
     NotWasm {
         /// The plugin.
         plugin: String,
     },
     /// A core module, not a component.
-    #[error("{plugin}: is a core WebAssembly module, not a component; plugins must be components built for wasm32-wasip2 with the modalis SDK")]
+    #[error(
+        "{plugin}: is a core WebAssembly module, not a component; plugins must be components built for wasm32-wasip2 with the modalis SDK"
+    )]
     CoreModule {
         /// The plugin.
         plugin: String,
@@ -35,7 +39,9 @@ pub enum PluginError {
         message: String,
     },
     /// Built against another version of the contract.
-    #[error("{plugin}: built against contract modalis:plugin@{found}, but this host speaks modalis:plugin@{expected}; rebuild it with a modalis-sdk for contract {expected}")]
+    #[error(
+        "{plugin}: built against contract modalis:plugin@{found}, but this host speaks modalis:plugin@{expected}; rebuild it with a modalis-sdk for contract {expected}"
+    )]
     ContractVersion {
         /// The plugin.
         plugin: String,
@@ -45,7 +51,9 @@ pub enum PluginError {
         expected: String,
     },
     /// Exports no plugin interface at all.
-    #[error("{plugin}: does not export modalis:plugin/plugin@{expected}; is it a modalis plugin? (exports: {exports})")]
+    #[error(
+        "{plugin}: does not export modalis:plugin/plugin@{expected}; is it a modalis plugin? (exports: {exports})"
+    )]
     NotAPlugin {
         /// The plugin.
         plugin: String,
@@ -55,7 +63,9 @@ pub enum PluginError {
         exports: String,
     },
     /// Imports something the sandbox does not provide.
-    #[error("{plugin}: imports `{import}`, which the host does not provide; plugins get WASI with an empty context and nothing else")]
+    #[error(
+        "{plugin}: imports `{import}`, which the host does not provide; plugins get WASI with an empty context and nothing else"
+    )]
     MissingImport {
         /// The plugin.
         plugin: String,
@@ -63,7 +73,9 @@ pub enum PluginError {
         import: String,
     },
     /// Ran out of fuel.
-    #[error("{plugin}: {call}: stopped after exhausting its fuel budget of {fuel} units (an endless or too-expensive computation)")]
+    #[error(
+        "{plugin}: {call}: stopped after exhausting its fuel budget of {fuel} units (an endless or too-expensive computation)"
+    )]
     FuelExhausted {
         /// The plugin.
         plugin: String,
@@ -83,7 +95,9 @@ pub enum PluginError {
         deadline_ms: u64,
     },
     /// Tried to grow memory past the cap.
-    #[error("{plugin}: {call}: stopped at the memory cap of {cap_bytes} bytes (it asked for {requested_bytes})")]
+    #[error(
+        "{plugin}: {call}: stopped at the memory cap of {cap_bytes} bytes (it asked for {requested_bytes})"
+    )]
     MemoryCap {
         /// The plugin.
         plugin: String,
@@ -107,7 +121,7 @@ pub enum PluginError {
         stderr: String,
     },
     /// Refused because it kept trapping.
-    #[error("{plugin}: quarantined after {failures} consecutive failed calls; last failure: {last}")]
+    #[error("{plugin}: quarantined after {failures} failed calls; last failure: {last}")]
     Quarantined {
         /// The plugin.
         plugin: String,

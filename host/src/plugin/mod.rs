@@ -18,8 +18,8 @@
 //!   plugin whose calls keep failing is quarantined.
 
 mod cache;
-mod error;
 pub mod check;
+mod error;
 mod output;
 
 use std::path::{Path, PathBuf};
@@ -30,10 +30,15 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
+    StoreLimits, StoreLimitsBuilder,
+};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use modalis_sdk::types::{Adjustment, FieldError, Manifest, Patient, PlanError, PlanStep, SessionPlan, TelemetrySample};
+use modalis_sdk::types::{
+    Adjustment, FieldError, Manifest, Patient, PlanError, PlanStep, SessionPlan, TelemetrySample,
+};
 use modalis_sdk::{CONTRACT_VERSION, conformance};
 
 pub use error::PluginError;
@@ -62,7 +67,9 @@ pub struct SandboxLimits {
     pub memory_bytes: usize,
     /// stdout + stderr bytes kept per call; the rest is counted and dropped.
     pub output_bytes: usize,
-    /// Consecutive failed calls after which a plugin is quarantined.
+    /// Failed calls (traps, fuel, deadline, memory) since load or release after which a plugin
+    /// is quarantined. Successes in between do not reset the count: a plugin that fails every
+    /// other call is as unfit as one that always fails.
     pub quarantine_after: u32,
 }
 
@@ -73,7 +80,9 @@ impl Default for SandboxLimits {
             // endless loop burns 100 M units in tens of milliseconds on these machines, which is
             // what keeps a hung plugin under the 100 ms the foundation issue allows.
             fuel_per_call: 100_000_000,
-            deadline: Duration::from_millis(100),
+            // The wall-clock backstop for time spent outside wasm code (host calls). Fuel is
+            // the CPU bound; this one must tolerate a loaded machine descheduling the thread.
+            deadline: Duration::from_millis(500),
             // Plugins are small planners; 64 MiB leaves a hundredfold headroom.
             memory_bytes: 64 << 20,
             output_bytes: 16 << 10,
@@ -132,7 +141,10 @@ impl EpochTicker {
                 }
             })
             .map_err(|e| PluginError::Engine(format!("cannot start the epoch thread: {e}")))?;
-        Ok(EpochTicker { stop, thread: Some(thread) })
+        Ok(EpochTicker {
+            stop,
+            thread: Some(thread),
+        })
     }
 }
 
@@ -156,7 +168,9 @@ pub struct PluginRuntime {
 
 impl std::fmt::Debug for PluginRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PluginRuntime").field("limits", &self.limits).finish_non_exhaustive()
+        f.debug_struct("PluginRuntime")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
     }
 }
 
@@ -184,18 +198,32 @@ struct CapLimiter {
     inner: StoreLimits,
     cap: usize,
     refused: Option<usize>,
+    /// Largest memory size granted, for the conformance report.
+    peak: usize,
 }
 
 impl ResourceLimiter for CapLimiter {
-    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         let r = self.inner.memory_growing(current, desired, maximum);
-        if !matches!(r, Ok(true)) {
+        if matches!(r, Ok(true)) {
+            self.peak = self.peak.max(desired);
+        } else {
             self.refused = Some(desired);
         }
         r
     }
 
-    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         self.inner.table_growing(current, desired, maximum)
     }
 
@@ -236,6 +264,55 @@ impl wasmtime_wasi::HostMonotonicClock for FrozenMonotonicClock {
     fn now(&self) -> u64 {
         0
     }
+}
+
+/// A pollable that is always ready.
+struct ReadyNow;
+
+#[wasmtime_wasi_io::async_trait]
+impl wasmtime_wasi_io::poll::Pollable for ReadyNow {
+    async fn ready(&mut self) {}
+}
+
+/// The WASI version of `wasi:clocks` that wasmtime-wasi 48 defines (it serves older 0.2.x
+/// imports through semver matching, so shadowing this one covers them all).
+const WASI_CLOCKS: &str = "wasi:clocks/monotonic-clock@0.2.12";
+
+/// Replaces the monotonic clock's timers with ones that are ready at once.
+///
+/// wasmtime-wasi's timers sleep for real inside host code, where neither the epoch deadline
+/// nor fuel can interrupt them: a plugin calling `std::thread::sleep` for an hour would hold
+/// the controller's thread for an hour. With the clock frozen and timers ready at once, a
+/// sleep returns immediately and a plugin that loops waiting for time to pass burns fuel until
+/// its budget stops it.
+fn forbid_sleeping(linker: &mut Linker<HostState>) -> Result<(), PluginError> {
+    use wasmtime::component::Resource;
+    use wasmtime_wasi_io::poll::DynPollable;
+    fn ready(table: &mut ResourceTable) -> wasmtime::Result<Resource<DynPollable>> {
+        let r = table.push(ReadyNow)?;
+        wasmtime_wasi_io::poll::subscribe(table, r)
+    }
+    let err = |e: wasmtime::Error| PluginError::Engine(format!("shadowing {WASI_CLOCKS}: {e:#}"));
+    linker.allow_shadowing(true);
+    let mut clocks = linker.instance(WASI_CLOCKS).map_err(err)?;
+    clocks
+        .func_wrap(
+            "subscribe-duration",
+            |mut cx: wasmtime::StoreContextMut<'_, HostState>, (_d,): (u64,)| {
+                Ok((ready(&mut cx.data_mut().table)?,))
+            },
+        )
+        .map_err(err)?;
+    clocks
+        .func_wrap(
+            "subscribe-instant",
+            |mut cx: wasmtime::StoreContextMut<'_, HostState>, (_t,): (u64,)| {
+                Ok((ready(&mut cx.data_mut().table)?,))
+            },
+        )
+        .map_err(err)?;
+    linker.allow_shadowing(false);
+    Ok(())
 }
 
 /// A deterministic "random" source: plugins must plan the same way every time.
@@ -279,7 +356,9 @@ impl PluginRuntime {
         let engine = Engine::new(&config).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
 
         let mut linker = Linker::<HostState>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| PluginError::Engine(format!("linking WASI: {e:#}")))?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| PluginError::Engine(format!("linking WASI: {e:#}")))?;
+        forbid_sleeping(&mut linker)?;
         // The contract's `types` interface carries only types; define it so components that
         // list it as an import link.
         linker
@@ -308,7 +387,10 @@ impl PluginRuntime {
             path: path.to_path_buf(),
             source,
         })?;
-        let label = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string());
+        let label = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string());
         self.load_bytes(&label, &bytes)
     }
 
@@ -322,41 +404,61 @@ impl PluginRuntime {
     /// Compiles (or loads from the cache) without instantiating. Returns whether the cache hit.
     pub fn compile(&self, label: &str, bytes: &[u8]) -> Result<(Component, bool), PluginError> {
         if !bytes.starts_with(b"\0asm") {
-            return Err(PluginError::NotWasm { plugin: label.to_string() });
+            return Err(PluginError::NotWasm {
+                plugin: label.to_string(),
+            });
         }
         // Byte 4..8 is the version/layer field: 0x01 0x00 0x00 0x00 for a core module, layer 1
         // for components.
         if bytes.get(4..8) == Some(&[1, 0, 0, 0]) {
-            return Err(PluginError::CoreModule { plugin: label.to_string() });
+            return Err(PluginError::CoreModule {
+                plugin: label.to_string(),
+            });
         }
         let wasm_sha256 = hex::encode(Sha256::digest(bytes));
         if let Some(c) = self.cache.get(&self.engine, &wasm_sha256) {
             return Ok((c, true));
         }
-        let artifact = self.engine.precompile_component(bytes).map_err(|e| PluginError::Invalid {
-            plugin: label.to_string(),
-            message: format!("{e:#}"),
-        })?;
+        let artifact =
+            self.engine
+                .precompile_component(bytes)
+                .map_err(|e| PluginError::Invalid {
+                    plugin: label.to_string(),
+                    message: format!("{e:#}"),
+                })?;
         if let Err(e) = self.cache.put(&wasm_sha256, &artifact) {
             // A cache we cannot write costs start-up time, not correctness.
             tracing::warn!(error = %e, "plugin not cached");
         }
         // Deserialise what we just produced ourselves (never foreign bytes): the same path the
         // cache takes, so a cold and a warm start run identical code.
-        self.cache.get(&self.engine, &wasm_sha256).map(|c| (c, false)).map_or_else(
-            || {
-                Component::new(&self.engine, bytes).map(|c| (c, false)).map_err(|e| PluginError::Invalid {
-                    plugin: label.to_string(),
-                    message: format!("{e:#}"),
-                })
-            },
-            Ok,
-        )
+        self.cache
+            .get(&self.engine, &wasm_sha256)
+            .map(|c| (c, false))
+            .map_or_else(
+                || {
+                    Component::new(&self.engine, bytes)
+                        .map(|c| (c, false))
+                        .map_err(|e| PluginError::Invalid {
+                            plugin: label.to_string(),
+                            message: format!("{e:#}"),
+                        })
+                },
+                Ok,
+            )
     }
 
-    fn prepare(&self, label: &str, wasm_sha256: String, component: Component) -> Result<Plugin, PluginError> {
+    fn prepare(
+        &self,
+        label: &str,
+        wasm_sha256: String,
+        component: Component,
+    ) -> Result<Plugin, PluginError> {
         self.check_exports(label, &component)?;
-        let pre = self.linker.instantiate_pre(&component).map_err(|e| self.import_error(label, &component, e))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| self.import_error(label, &component, e))?;
         let pre = bindings::ModalityPluginPre::new(pre).map_err(|e| PluginError::Invalid {
             plugin: label.to_string(),
             message: format!("{e:#}"),
@@ -372,6 +474,7 @@ impl PluginRuntime {
             warm: None,
             failures: 0,
             quarantined: None,
+            last_call: None,
         };
         let manifest = plugin.describe()?;
         plugin.accept_manifest(manifest)?;
@@ -382,13 +485,19 @@ impl PluginRuntime {
     /// it was built against if not.
     fn check_exports(&self, label: &str, component: &Component) -> Result<(), PluginError> {
         let ty = component.component_type();
-        let exports: Vec<String> = ty.exports(&self.engine).map(|(n, _)| n.to_string()).collect();
+        let exports: Vec<String> = ty
+            .exports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
         let wanted = format!("{PLUGIN_INTERFACE}@{CONTRACT_VERSION}");
         if exports.iter().any(|e| *e == wanted) {
             return Ok(());
         }
         if let Some(other) = exports.iter().find(|e| e.starts_with(PLUGIN_INTERFACE)) {
-            let found = other.split_once('@').map(|(_, v)| v.to_string()).unwrap_or_else(|| "(unversioned)".into());
+            let found = other
+                .split_once('@')
+                .map(|(_, v)| v.to_string())
+                .unwrap_or_else(|| "(unversioned)".into());
             return Err(PluginError::ContractVersion {
                 plugin: label.to_string(),
                 found,
@@ -398,7 +507,11 @@ impl PluginRuntime {
         Err(PluginError::NotAPlugin {
             plugin: label.to_string(),
             expected: CONTRACT_VERSION.to_string(),
-            exports: if exports.is_empty() { "none".into() } else { exports.join(", ") },
+            exports: if exports.is_empty() {
+                "none".into()
+            } else {
+                exports.join(", ")
+            },
         })
     }
 
@@ -445,6 +558,18 @@ pub struct Plugin {
     warm: Option<Warm>,
     failures: u32,
     quarantined: Option<String>,
+    last_call: Option<CallStats>,
+}
+
+/// What the last call cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallStats {
+    /// Fuel consumed by the call.
+    pub fuel_used: u64,
+    /// The instance's largest linear memory so far, in bytes.
+    pub peak_memory_bytes: usize,
+    /// Wall-clock time of the call (including instantiation when fresh).
+    pub elapsed: Duration,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -507,6 +632,11 @@ impl Plugin {
         })
     }
 
+    /// What the last call cost (fuel, memory, time).
+    pub fn last_call(&self) -> Option<CallStats> {
+        self.last_call
+    }
+
     /// Why the plugin is quarantined, if it is.
     pub fn quarantine_reason(&self) -> Option<&str> {
         self.quarantined.as_deref()
@@ -524,13 +654,18 @@ impl Plugin {
         if !issues.is_empty() {
             return Err(PluginError::BadManifest {
                 plugin: label,
-                message: issues.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+                message: issues
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
             });
         }
-        let schema: serde_json::Value = serde_json::from_str(&m.params_schema).map_err(|e| PluginError::BadSchema {
-            plugin: label.clone(),
-            message: e.to_string(),
-        })?;
+        let schema: serde_json::Value =
+            serde_json::from_str(&m.params_schema).map_err(|e| PluginError::BadSchema {
+                plugin: label.clone(),
+                message: e.to_string(),
+            })?;
         let validator = compile_schema(&schema).map_err(|message| PluginError::BadSchema {
             plugin: label.clone(),
             message,
@@ -563,6 +698,7 @@ impl Plugin {
                 .build(),
             cap: self.limits.memory_bytes,
             refused: None,
+            peak: 0,
         };
         let mut store = Store::new(
             &self.engine,
@@ -594,25 +730,46 @@ impl Plugin {
                 last: reason.clone(),
             });
         }
+        let started = std::time::Instant::now();
         let warm = match (fresh, self.warm.take()) {
             (false, Some(w)) => w,
             _ => {
                 let mut store = self.new_store();
-                store.set_fuel(self.limits.fuel_per_call).map_err(|e| PluginError::Engine(e.to_string()))?;
+                store
+                    .set_fuel(self.limits.fuel_per_call)
+                    .map_err(|e| PluginError::Engine(e.to_string()))?;
                 store.set_epoch_deadline(deadline_ticks(self.limits.deadline));
-                let instance = self.pre.instantiate(&mut store).map_err(|e| self.classify(call, &mut store, e))?;
+                let instance = match self.pre.instantiate(&mut store) {
+                    Ok(i) => i,
+                    Err(e) => {
+                        let stderr = self.drain_output(&store, call);
+                        return Err(self.classify(call, &mut store, e, stderr));
+                    }
+                };
                 Warm { store, instance }
             }
         };
-        let Warm { mut store, instance } = warm;
-        store.set_fuel(self.limits.fuel_per_call).map_err(|e| PluginError::Engine(e.to_string()))?;
+        let Warm {
+            mut store,
+            instance,
+        } = warm;
+        store
+            .set_fuel(self.limits.fuel_per_call)
+            .map_err(|e| PluginError::Engine(e.to_string()))?;
         store.set_epoch_deadline(deadline_ticks(self.limits.deadline));
         store.data_mut().limiter.refused = None;
         let result = f(&instance, &mut store);
-        self.drain_output(&store, call);
+        self.last_call = Some(CallStats {
+            fuel_used: self
+                .limits
+                .fuel_per_call
+                .saturating_sub(store.get_fuel().unwrap_or(0)),
+            peak_memory_bytes: store.data().limiter.peak,
+            elapsed: started.elapsed(),
+        });
+        let stderr = self.drain_output(&store, call);
         match result {
             Ok(v) => {
-                self.failures = 0;
                 if !fresh {
                     self.warm = Some(Warm { store, instance });
                 }
@@ -620,7 +777,7 @@ impl Plugin {
             }
             Err(e) => {
                 // The store is poisoned by a trap: drop it (and the instance with it).
-                let err = self.classify(call, &mut store, e);
+                let err = self.classify(call, &mut store, e, stderr);
                 if err.is_runtime_failure() {
                     self.failures += 1;
                     if self.failures >= self.limits.quarantine_after {
@@ -633,8 +790,13 @@ impl Plugin {
         }
     }
 
-    fn drain_output(&self, store: &Store<HostState>, call: Call) {
-        for (stream, pipe) in [("stdout", &store.data().stdout), ("stderr", &store.data().stderr)] {
+    /// Moves the call's captured output into tracing; returns its stderr for error reports.
+    fn drain_output(&self, store: &Store<HostState>, call: Call) -> String {
+        let mut stderr = String::new();
+        for (stream, pipe) in [
+            ("stdout", &store.data().stdout),
+            ("stderr", &store.data().stderr),
+        ] {
             let (text, dropped) = pipe.take();
             for line in text.lines() {
                 tracing::info!(plugin = %self.label, call = call.name(), stream, "{line}");
@@ -642,10 +804,20 @@ impl Plugin {
             if dropped > 0 {
                 tracing::warn!(plugin = %self.label, call = call.name(), stream, dropped, "plugin output over the limit was dropped");
             }
+            if stream == "stderr" {
+                stderr = text;
+            }
         }
+        stderr
     }
 
-    fn classify(&self, call: Call, store: &mut Store<HostState>, e: wasmtime::Error) -> PluginError {
+    fn classify(
+        &self,
+        call: Call,
+        store: &mut Store<HostState>,
+        e: wasmtime::Error,
+        stderr: String,
+    ) -> PluginError {
         let plugin = self.label.clone();
         let call_name = call.name();
         if let Some(requested) = store.data().limiter.refused {
@@ -668,7 +840,8 @@ impl Plugin {
                 deadline_ms: u64::try_from(self.limits.deadline.as_millis()).unwrap_or(u64::MAX),
             },
             _ => {
-                let (stderr, _) = store.data().stderr.take();
+                // Keep the tail: a panic message comes last.
+                let stderr = tail(&stderr, 2048);
                 PluginError::Trap {
                     plugin,
                     call: call_name,
@@ -681,63 +854,119 @@ impl Plugin {
 
     /// Calls `describe()` on a fresh instance.
     pub fn describe(&mut self) -> Result<Manifest, PluginError> {
-        self.with_instance(Call::Describe, true, |i, s| i.modalis_plugin_plugin().call_describe(s).map(Into::into))
+        self.with_instance(Call::Describe, true, |i, s| {
+            i.modalis_plugin_plugin().call_describe(s).map(Into::into)
+        })
     }
 
     /// Checks parameters: first against the plugin's own JSON Schema (in the host, with the
     /// validator compiled once at load), then with the plugin's `validate`. The outer error is
     /// a sandbox failure; the inner one lists the field errors.
-    pub fn validate(&mut self, params_json: &str) -> Result<Result<(), Vec<FieldError>>, PluginError> {
+    pub fn validate(
+        &mut self,
+        params_json: &str,
+    ) -> Result<Result<(), Vec<FieldError>>, PluginError> {
         if let Err(errors) = self.schema_check(params_json) {
             return Ok(Err(errors));
         }
         let params = params_json.to_string();
-        let r = self.with_instance(Call::Validate, true, move |i, s| i.modalis_plugin_plugin().call_validate(s, &params))?;
+        let r = self.with_instance(Call::Validate, true, move |i, s| {
+            i.modalis_plugin_plugin().call_validate(s, &params)
+        })?;
         Ok(r.map_err(|v| v.into_iter().map(Into::into).collect()))
     }
 
     /// Plans a session from parameters already checked by [`Plugin::validate`] (it re-checks
     /// the schema: plans are never built from unchecked input).
-    pub fn plan(&mut self, params_json: &str, patient: &Patient) -> Result<Result<SessionPlan, PlanError>, PluginError> {
+    pub fn plan(
+        &mut self,
+        params_json: &str,
+        patient: &Patient,
+    ) -> Result<Result<SessionPlan, PlanError>, PluginError> {
         if let Err(errors) = self.schema_check(params_json) {
             return Ok(Err(PlanError::from_fields(errors)));
         }
         let params = params_json.to_string();
         let patient: bindings::modalis::plugin::types::Patient = patient.clone().into();
-        let r = self.with_instance(Call::Plan, true, move |i, s| i.modalis_plugin_plugin().call_plan(s, &params, &patient))?;
+        let r = self.with_instance(Call::Plan, true, move |i, s| {
+            i.modalis_plugin_plugin().call_plan(s, &params, &patient)
+        })?;
         Ok(r.map(Into::into).map_err(Into::into))
     }
 
     /// Feeds one telemetry sample to the plugin's closed loop (on the warm instance).
-    pub fn on_telemetry(&mut self, step: &PlanStep, sample: &TelemetrySample) -> Result<Vec<Adjustment>, PluginError> {
+    pub fn on_telemetry(
+        &mut self,
+        step: &PlanStep,
+        sample: &TelemetrySample,
+    ) -> Result<Vec<Adjustment>, PluginError> {
         let step: bindings::modalis::plugin::types::PlanStep = step.clone().into();
         let sample: bindings::modalis::plugin::types::TelemetrySample = sample.clone().into();
-        let r = self.with_instance(Call::OnTelemetry, false, move |i, s| i.modalis_plugin_plugin().call_on_telemetry(s, &step, &sample))?;
+        let r = self.with_instance(Call::OnTelemetry, false, move |i, s| {
+            i.modalis_plugin_plugin()
+                .call_on_telemetry(s, &step, &sample)
+        })?;
         Ok(r.into_iter().map(Into::into).collect())
     }
 
     /// Validates parameters against the plugin's JSON Schema.
     pub fn schema_check(&self, params_json: &str) -> Result<(), Vec<FieldError>> {
-        let value: serde_json::Value = serde_json::from_str(params_json).map_err(|e| vec![FieldError::new("", format!("parameters are not valid JSON: {e}"))])?;
+        let value: serde_json::Value = serde_json::from_str(params_json).map_err(|e| {
+            vec![FieldError::new(
+                "",
+                format!("parameters are not valid JSON: {e}"),
+            )]
+        })?;
         let Some(v) = &self.validator else {
-            return Err(vec![FieldError::new("", "plugin has no usable parameter schema")]);
+            return Err(vec![FieldError::new(
+                "",
+                "plugin has no usable parameter schema",
+            )]);
         };
-        let errors: Vec<FieldError> = v.iter_errors(&value).map(|e| FieldError::new(e.instance_path().to_string(), e.to_string())).collect();
-        if errors.is_empty() { Ok(()) } else { Err(errors) }
+        let errors: Vec<FieldError> = v
+            .iter_errors(&value)
+            .map(|e| FieldError::new(e.instance_path().to_string(), e.to_string()))
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
     }
+}
+
+fn tail(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("...{}", &s[start..])
 }
 
 fn deadline_ticks(d: Duration) -> u64 {
     let tick = EPOCH_TICK.as_millis().max(1);
-    u64::try_from(d.as_millis().div_ceil(tick)).unwrap_or(u64::MAX).max(1)
+    u64::try_from(d.as_millis().div_ceil(tick))
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 /// Compiles a plugin's schema after checking it against its meta-schema.
 pub fn compile_schema(schema: &serde_json::Value) -> Result<jsonschema::Validator, String> {
     if let Err(e) = jsonschema::meta::validate(schema) {
-        return Err(format!("at {}: {e}", display_pointer(&e.instance_path().to_string())));
+        return Err(format!(
+            "at {}: {e}",
+            display_pointer(&e.instance_path().to_string())
+        ));
     }
-    jsonschema::validator_for(schema).map_err(|e| format!("at {}: {e}", display_pointer(&e.instance_path().to_string())))
+    jsonschema::validator_for(schema).map_err(|e| {
+        format!(
+            "at {}: {e}",
+            display_pointer(&e.instance_path().to_string())
+        )
+    })
 }
 
 fn display_pointer(p: &str) -> &str {

@@ -25,7 +25,9 @@ impl ModalityPlugin for Hostile {
             println!("{i:05} {line}");
             eprintln!("{i:05} {line}");
         }
-        Ok(one_step_plan(vec!["still here after 4 MiB of output".into()]))
+        Ok(one_step_plan(vec![
+            "still here after 4 MiB of output".into(),
+        ]))
     }
 }
 

@@ -21,7 +21,10 @@ impl ModalityPlugin for Hostile {
     fn plan(_: &Params, _: &Patient) -> Result<SessionPlan, PlanError> {
         let before = std::time::Instant::now();
         std::thread::sleep(std::time::Duration::from_secs(3600));
-        Ok(one_step_plan(vec![format!("slept; clock advanced {:?}", before.elapsed())]))
+        Ok(one_step_plan(vec![format!(
+            "slept; clock advanced {:?}",
+            before.elapsed()
+        )]))
     }
 }
 

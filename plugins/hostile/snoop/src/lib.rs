@@ -21,13 +21,30 @@ impl ModalityPlugin for Hostile {
     fn plan(_: &Params, _: &Patient) -> Result<SessionPlan, PlanError> {
         // Each note is one attempt and what the sandbox let it see.
         let notes = vec![
-            format!("read_dir(/): {:?}", std::fs::read_dir("/").map(|d| d.count())),
-            format!("read(/etc/passwd): {:?}", std::fs::read("/etc/passwd").map(|b| b.len())),
-            format!("write(/tmp/x): {:?}", std::fs::write("/tmp/modalis-snoop", b"x")),
+            format!(
+                "read_dir(/): {:?}",
+                std::fs::read_dir("/").map(|d| d.count())
+            ),
+            format!(
+                "read(/etc/passwd): {:?}",
+                std::fs::read("/etc/passwd").map(|b| b.len())
+            ),
+            format!(
+                "write(/tmp/x): {:?}",
+                std::fs::write("/tmp/modalis-snoop", b"x")
+            ),
             format!("env: {}", std::env::vars().count()),
             format!("args: {}", std::env::args().count()),
-            format!("time: {:?}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs())),
-            format!("connect: {:?}", std::net::TcpStream::connect("127.0.0.1:1883").map(|_| ())),
+            format!(
+                "time: {:?}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+            ),
+            format!(
+                "connect: {:?}",
+                std::net::TcpStream::connect("127.0.0.1:1883").map(|_| ())
+            ),
         ];
         Ok(one_step_plan(notes))
     }
