@@ -137,7 +137,10 @@ pub(crate) fn read(path: &Path) -> Result<CheckpointFile, AuditError> {
                 if cp.v == 1 {
                     Ok(cp)
                 } else {
-                    Err(format!("checkpoint format version {} (this build reads 1)", cp.v))
+                    Err(format!(
+                        "checkpoint format version {} (this build reads 1)",
+                        cp.v
+                    ))
                 }
             });
         out.lines.push(Line { number, parsed });
@@ -174,7 +177,8 @@ impl Writer {
                     torn_bytes = bytes.len() - keep,
                     "cutting off a checkpoint line torn by a crash during its write"
                 );
-                file.set_len(keep as u64).map_err(|e| AuditError::io(path, e))?;
+                file.set_len(keep as u64)
+                    .map_err(|e| AuditError::io(path, e))?;
                 file.sync_all().map_err(|e| AuditError::io(path, e))?;
             }
         } else {

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde_json::Value;
-use sled::Transactional as _;
 
 use crate::checkpoint::{self, Checkpoint};
 use crate::error::AuditError;
@@ -57,6 +56,9 @@ impl Default for AuditConfig {
 /// Reply channel to one waiting caller.
 type Reply<T> = SyncSender<Result<T, AuditError>>;
 
+// Nearly every message is an Append; boxing it would add an allocation per record to make
+// the rare control messages smaller.
+#[expect(clippy::large_enum_variant, reason = "Append is the common case")]
 enum Msg {
     Append {
         entry: Entry,
@@ -435,7 +437,8 @@ impl Writer {
     /// write a time-based checkpoint.
     fn deadline(&self, oldest: Option<Instant>) -> Option<Instant> {
         let batch = oldest.map(|t| t + self.config.telemetry_delay);
-        let cp = (self.count > self.cp_count()).then(|| self.last_cp_at + self.config.checkpoint_interval);
+        let cp = (self.count > self.cp_count())
+            .then(|| self.last_cp_at + self.config.checkpoint_interval);
         match (batch, cp) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -460,14 +463,8 @@ impl Writer {
         let mut head = self.head;
         let mut results: Vec<Result<u64, AuditError>> = Vec::with_capacity(pending.len());
         for p in pending.iter() {
-            let encoded = record::encode(
-                seq,
-                &head,
-                p.wall_ms,
-                p.mono_ns,
-                &self.controller,
-                &p.entry,
-            );
+            let encoded =
+                record::encode(seq, &head, p.wall_ms, p.mono_ns, &self.controller, &p.entry);
             results.push(match encoded {
                 Ok((value, _)) if value.len() > MAX_RECORD_BYTES => Err(AuditError::TooLarge {
                     size: value.len(),
@@ -553,7 +550,11 @@ fn check_last_checkpoint(
     };
     let bad = |problem: String| AuditError::Inconsistent {
         dir: store.dir.clone(),
-        problem: format!("{} line {}: {problem}", layout::CHECKPOINTS_FILE, line.number),
+        problem: format!(
+            "{} line {}: {problem}",
+            layout::CHECKPOINTS_FILE,
+            line.number
+        ),
     };
     let cp = line.parsed.clone().map_err(&bad)?;
     if !cp.signature_valid(key) {

@@ -93,7 +93,12 @@ impl Iterator for ChainWalk {
                 return Err((seq, ProblemKind::ForeignKey(hex::encode(&k))));
             };
             if found != seq {
-                return Err((seq, ProblemKind::Missing { next_present: found }));
+                return Err((
+                    seq,
+                    ProblemKind::Missing {
+                        next_present: found,
+                    },
+                ));
             }
             let record = check_one(seq, &v, &self.prev)?;
             self.prev = record.hash;
@@ -113,7 +118,10 @@ fn check_one(seq: u64, value: &[u8], prev: &ChainHash) -> Result<Record, (u64, P
     // (or in the stored hash) shows up here with this record's number, whether or not the
     // body still parses.
     let Some((stored, computed)) = record::stored_and_computed(value, prev) else {
-        return Err((seq, ProblemKind::Undecodable(format!("{} bytes", value.len()))));
+        return Err((
+            seq,
+            ProblemKind::Undecodable(format!("{} bytes", value.len())),
+        ));
     };
     let record = record::decode(value).map_err(|e| {
         if stored == computed {
@@ -122,14 +130,14 @@ fn check_one(seq: u64, value: &[u8], prev: &ChainHash) -> Result<Record, (u64, P
             (seq, ProblemKind::HashMismatch)
         }
     })?;
+    if stored != computed {
+        return Err((seq, ProblemKind::HashMismatch));
+    }
     if record.seq != seq {
         return Err((seq, ProblemKind::WrongSeq { found: record.seq }));
     }
     if record.prev != *prev {
         return Err((seq, ProblemKind::PrevMismatch));
-    }
-    if stored != computed {
-        return Err((seq, ProblemKind::HashMismatch));
     }
     Ok(record)
 }
@@ -168,7 +176,11 @@ impl Follow {
         };
         loop {
             let seq = self.next;
-            if let Some(v) = self.records.get(record::key(seq)).map_err(|e| err(e, seq))? {
+            if let Some(v) = self
+                .records
+                .get(record::key(seq))
+                .map_err(|e| err(e, seq))?
+            {
                 let prev = match self.prev {
                     Some(p) => p,
                     None if seq == 0 => ChainHash::GENESIS,
@@ -190,12 +202,11 @@ impl Follow {
                             })?
                     }
                 };
-                let record = check_one(seq, &v, &prev).map_err(|(seq, kind)| {
-                    AuditError::Corrupt {
+                let record =
+                    check_one(seq, &v, &prev).map_err(|(seq, kind)| AuditError::Corrupt {
                         seq,
                         reason: kind.to_string(),
-                    }
-                })?;
+                    })?;
                 self.prev = Some(record.hash);
                 self.next += 1;
                 return Ok(Some(record));

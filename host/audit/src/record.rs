@@ -379,7 +379,10 @@ pub(crate) fn decode(value: &[u8]) -> Result<Record, String> {
 }
 
 /// The record's stored hash and the hash recomputed from its bytes and `prev`.
-pub(crate) fn stored_and_computed(value: &[u8], prev: &ChainHash) -> Option<(ChainHash, ChainHash)> {
+pub(crate) fn stored_and_computed(
+    value: &[u8],
+    prev: &ChainHash,
+) -> Option<(ChainHash, ChainHash)> {
     let (stored, body) = value.split_first_chunk::<32>()?;
     Some((ChainHash(*stored), chain_hash(prev, body)))
 }

@@ -77,7 +77,10 @@ impl fmt::Display for ProblemKind {
                  or reordered)"
             ),
             ProblemKind::HashMismatch => {
-                write!(f, "hash mismatch: the record's bytes were changed after writing")
+                write!(
+                    f,
+                    "hash mismatch: the record's bytes were changed after writing"
+                )
             }
             ProblemKind::ForeignController { found } => {
                 write!(f, "the record belongs to controller {found:?}")

@@ -1,0 +1,205 @@
+//! Opening, keys, following and the typed errors of the library API.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::time::Duration;
+
+use modalis_audit::{
+    Actor, AuditError, AuditLog, AuditReader, Entry, Event, MAX_RECORD_BYTES, Outcome, layout,
+};
+use serde_json::json;
+use tempfile::TempDir;
+
+use crate::support::{entry, manual_checkpoints, report, write_log};
+
+#[test]
+fn first_start_creates_a_private_key_and_a_public_one() {
+    let dir = TempDir::new().expect("tempdir");
+    let log_dir = dir.path().join("audit");
+    let log = AuditLog::open(&log_dir, "clinic-1").expect("open");
+    let mode = |p| {
+        std::fs::metadata(log_dir.join(p))
+            .expect("metadata")
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(layout::KEY_FILE), 0o600);
+    assert_eq!(mode(layout::PUBLIC_KEY_FILE), 0o644);
+    assert_eq!(mode(""), 0o700, "the log directory is private");
+    let key = log.public_key();
+    log.close().expect("close");
+    let log = AuditLog::open(&log_dir, "clinic-1").expect("reopen");
+    assert_eq!(log.public_key(), key, "the key is kept across starts");
+    assert_eq!(modalis_audit::public_key(&log_dir).expect("read"), key);
+}
+
+#[test]
+fn a_key_readable_by_others_is_refused() {
+    let dir = TempDir::new().expect("tempdir");
+    AuditLog::open(dir.path(), "clinic-1")
+        .expect("open")
+        .close()
+        .expect("close");
+    let key = dir.path().join(layout::KEY_FILE);
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let err = AuditLog::open(dir.path(), "clinic-1").expect_err("refused");
+    assert!(
+        matches!(err, AuditError::KeyPermissions { mode: 0o644, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("chmod 600"), "{err}");
+}
+
+#[test]
+fn a_log_belongs_to_one_controller() {
+    let dir = TempDir::new().expect("tempdir");
+    write_log(dir.path(), 2);
+    let err = AuditLog::open(dir.path(), "clinic-2").expect_err("refused");
+    assert!(
+        matches!(err, AuditError::ControllerMismatch { .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_second_writer_process_is_refused_while_one_runs() {
+    let dir = TempDir::new().expect("tempdir");
+    let log = AuditLog::open(dir.path(), "clinic-1").expect("open");
+    let err = AuditLog::open(dir.path(), "clinic-1").expect_err("locked");
+    assert!(matches!(err, AuditError::Locked { .. }), "{err}");
+    log.close().expect("close");
+}
+
+#[test]
+fn append_returns_dense_numbers_and_records_read_back_as_written() {
+    let dir = TempDir::new().expect("tempdir");
+    let log = AuditLog::open_with(dir.path(), "clinic-1", manual_checkpoints()).expect("open");
+    let mut written = Vec::new();
+    for i in 0..10 {
+        let e = entry(i);
+        assert_eq!(log.append(e.clone()).expect("append"), i);
+        written.push(e);
+    }
+    log.close().expect("close");
+    let reader = AuditReader::open(dir.path()).expect("open");
+    for (r, e) in reader.records().zip(&written) {
+        let r = r.expect("record");
+        assert_eq!(
+            (&r.actor, &r.event, &r.outcome),
+            (&e.actor, &e.event, &e.outcome)
+        );
+        assert_eq!(
+            (&r.session, &r.device, &r.payload),
+            (&e.session, &e.device, &e.payload)
+        );
+        assert_eq!(r.controller, "clinic-1");
+        assert!(r.wall_ms > 1_600_000_000_000);
+    }
+}
+
+#[test]
+fn an_oversized_record_is_refused_and_takes_no_number() {
+    let dir = TempDir::new().expect("tempdir");
+    let log = AuditLog::open(dir.path(), "clinic-1").expect("open");
+    let big = Entry::new(Actor::Controller, Event::DoseReport)
+        .payload(json!({ "blob": "x".repeat(MAX_RECORD_BYTES) }));
+    let err = log.append(big).expect_err("too large");
+    assert!(matches!(err, AuditError::TooLarge { .. }), "{err}");
+    assert_eq!(log.append(entry(0)).expect("append"), 0);
+    log.close().expect("close");
+    assert!(report(dir.path()).is_ok());
+}
+
+#[test]
+fn telemetry_is_written_within_the_batch_delay_and_by_flush_pending() {
+    let dir = TempDir::new().expect("tempdir");
+    let log = AuditLog::open(dir.path(), "clinic-1").expect("open");
+    let mut follow = log.follow(0);
+    log.append_telemetry("tens-2", Some("s9"), json!({ "ma": 12.5 }))
+        .expect("queued");
+    // Nobody flushes: the group commit timer alone writes it.
+    let r = follow
+        .next_timeout(Duration::from_secs(5))
+        .expect("reads")
+        .expect("written by the timer");
+    assert_eq!(r.event, Event::Telemetry);
+    assert_eq!(
+        r.actor,
+        Actor::Device {
+            id: "tens-2".into()
+        }
+    );
+    assert_eq!(r.session.as_deref(), Some("s9"));
+    for i in 0..100 {
+        log.append_telemetry("tens-2", None, json!({ "i": i }))
+            .expect("queued");
+    }
+    assert_eq!(log.flush_pending().expect("flush"), 101);
+    log.close().expect("close");
+}
+
+#[test]
+fn follow_sees_records_as_they_are_appended() {
+    let dir = TempDir::new().expect("tempdir");
+    let log = AuditLog::open(dir.path(), "clinic-1").expect("open");
+    log.append(entry(0)).expect("append");
+    let mut follow = log.follow(0);
+    let writer = {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for i in 1..5 {
+                std::thread::sleep(Duration::from_millis(10));
+                log.append(entry(i).outcome(Outcome::Ok)).expect("append");
+            }
+        })
+    };
+    for seq in 0..5 {
+        let r = follow
+            .next_timeout(Duration::from_secs(5))
+            .expect("reads")
+            .expect("arrives");
+        assert_eq!(r.seq, seq);
+    }
+    writer.join().expect("writer");
+    assert!(
+        follow
+            .next_timeout(Duration::from_millis(50))
+            .expect("reads")
+            .is_none()
+    );
+    log.close().expect("close");
+}
+
+#[test]
+fn appends_after_close_fail_with_closed() {
+    let dir = TempDir::new().expect("tempdir");
+    let log = AuditLog::open(dir.path(), "clinic-1").expect("open");
+    let other = log.clone();
+    log.close().expect("close");
+    let err = other.append(entry(0)).expect_err("closed");
+    assert!(matches!(err, AuditError::Closed), "{err}");
+}
+
+#[test]
+fn periodic_checkpoints_follow_the_record_count() {
+    let dir = TempDir::new().expect("tempdir");
+    let config = modalis_audit::AuditConfig {
+        checkpoint_every_records: 10,
+        ..manual_checkpoints()
+    };
+    let log = AuditLog::open_with(dir.path(), "clinic-1", config).expect("open");
+    for i in 0..35 {
+        log.append(entry(i)).expect("append");
+    }
+    let cp = log.checkpoint().expect("checkpoint");
+    assert_eq!(cp.count, 35);
+    assert_eq!(
+        log.checkpoint().expect("again"),
+        cp,
+        "nothing new, no new line"
+    );
+    drop(log); // dropping the last handle closes the log too
+    let r = report(dir.path());
+    assert!(r.is_ok(), "{r}");
+    assert_eq!(r.checkpoints, 4, "at 10, 20, 30 and the explicit one at 35");
+}
