@@ -242,6 +242,21 @@ impl ModalityPlugin for Lllt {
                     "{s} is on or around the eye: never a laser target (clinical-facts.md \"Eyes\"); expected a site away from the eyes"
                 ),
             );
+            // The same place twice would double its dose; points that are one place under two
+            // names (Bafeng 1 and LR2) count as the same (BodySite::canonical).
+            if let Some(j) = p.sites[..i]
+                .iter()
+                .position(|o| o.canonical() == s.canonical())
+            {
+                check(
+                    false,
+                    &format!("/sites/{i}"),
+                    format!(
+                        "{s} is the same place as /sites/{j} ({}); list each place once",
+                        p.sites[j]
+                    ),
+                );
+            }
         }
         if let Some(g) = &p.grid {
             check(
@@ -731,6 +746,12 @@ mod tests {
         let mut p = sites_params();
         p.sites.clear();
         assert_eq!(pointers(&p), ["/sites"]);
+
+        let mut p = sites_params();
+        p.sites.push("EX-LE10-1:left".parse().expect("site"));
+        p.sites.push("LR2:left".parse().expect("site"));
+        p.sites.push("LR2:right".parse().expect("site"));
+        assert_eq!(pointers(&p), ["/sites/3"]);
 
         let mut p = Lllt::sample_params();
         p.sites = vec!["ST36:left".parse().expect("site")];
