@@ -1,1 +1,24 @@
-fn main() {}
+//! `modalis`: the controller's command line. Reads as a start-up script: parse, set up
+//! logging, run the command, map the outcome to an exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = modalis::cli::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,modalis=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match modalis::cli::run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

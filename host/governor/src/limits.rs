@@ -443,14 +443,24 @@ pub struct DoseWindow {
 impl Limits {
     fn check_windows(&self) -> Result<(), LimitError> {
         let pairs: [(&'static str, f64, &'static str, f64); 5] = [
-            ("pbm_point_energy_min_j", self.pbm_point_energy_min_j, "pbm_point_energy_max_j", self.pbm_point_energy_max_j),
+            (
+                "pbm_point_energy_min_j",
+                self.pbm_point_energy_min_j,
+                "pbm_point_energy_max_j",
+                self.pbm_point_energy_max_j,
+            ),
             (
                 "pbm_fluence_min_j_per_cm2",
                 self.pbm_fluence_min_j_per_cm2,
                 "pbm_fluence_max_j_per_cm2",
                 self.pbm_fluence_max_j_per_cm2,
             ),
-            ("acu_point_energy_min_j", self.acu_point_energy_min_j, "acu_point_energy_max_j", self.acu_point_energy_max_j),
+            (
+                "acu_point_energy_min_j",
+                self.acu_point_energy_min_j,
+                "acu_point_energy_max_j",
+                self.acu_point_energy_max_j,
+            ),
             (
                 "class4_fluence_min_j_per_cm2",
                 self.class4_fluence_min_j_per_cm2,
@@ -482,7 +492,10 @@ impl Limits {
         match modality {
             ModalityKind::Photobiomodulation => DoseWindow {
                 point_energy_j: Some((self.pbm_point_energy_min_j, self.pbm_point_energy_max_j)),
-                fluence_j_per_cm2: Some((self.pbm_fluence_min_j_per_cm2, self.pbm_fluence_max_j_per_cm2)),
+                fluence_j_per_cm2: Some((
+                    self.pbm_fluence_min_j_per_cm2,
+                    self.pbm_fluence_max_j_per_cm2,
+                )),
             },
             ModalityKind::LaserAcupuncture => DoseWindow {
                 point_energy_j: Some((self.acu_point_energy_min_j, self.acu_point_energy_max_j)),
@@ -490,7 +503,10 @@ impl Limits {
             },
             ModalityKind::Class4Laser => DoseWindow {
                 point_energy_j: None,
-                fluence_j_per_cm2: Some((self.class4_fluence_min_j_per_cm2, self.class4_fluence_max_j_per_cm2)),
+                fluence_j_per_cm2: Some((
+                    self.class4_fluence_min_j_per_cm2,
+                    self.class4_fluence_max_j_per_cm2,
+                )),
             },
             ModalityKind::InfraredHeat | ModalityKind::Tens | ModalityKind::Other => DoseWindow {
                 point_energy_j: None,
@@ -635,7 +651,16 @@ mod tests {
     /// 0.40 at 850, 0.48 at 890, 0.51 at 904, 0.73 at 980, 1.0 at 1064.
     #[test]
     fn skin_mpe_matches_the_clinical_facts_table() {
-        for (nm, w) in [(633.0, 0.20), (660.0, 0.20), (810.0, 0.33), (850.0, 0.40), (890.0, 0.48), (904.0, 0.51), (980.0, 0.73), (1064.0, 1.0)] {
+        for (nm, w) in [
+            (633.0, 0.20),
+            (660.0, 0.20),
+            (810.0, 0.33),
+            (850.0, 0.40),
+            (890.0, 0.48),
+            (904.0, 0.51),
+            (980.0, 0.73),
+            (1064.0, 1.0),
+        ] {
             let e = skin_mpe_mw_per_cm2(nm, 60.0, 1.0).unwrap_or(f64::NAN) / 1000.0;
             assert!(close(e, w, 0.006), "{nm} nm: {e} W/cm2, table says {w}");
         }
@@ -687,12 +712,18 @@ mod tests {
             ..LimitOverrides::default()
         };
         let t = d.tightened(&ok);
-        assert!(matches!(t, Ok(ref l) if l.tens_rms_max_ma == 30.0 && l.interlock_lead_time_ms == 5_000));
+        assert!(
+            matches!(t, Ok(ref l) if l.tens_rms_max_ma == 30.0 && l.interlock_lead_time_ms == 5_000)
+        );
         let bad = LimitOverrides {
             tens_rms_max_ma: Some(60.0),
             ..LimitOverrides::default()
         };
-        let e = d.tightened(&bad).err().map(|e| e.to_string()).unwrap_or_default();
+        let e = d
+            .tightened(&bad)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(e.contains("tens_rms_max_ma") && e.contains("looser"), "{e}");
         let bad = LimitOverrides {
             interlock_lead_time_ms: Some(100),
@@ -703,12 +734,18 @@ mod tests {
             heat_max_normal_c: Some(f64::NAN),
             ..LimitOverrides::default()
         };
-        assert!(matches!(d.tightened(&nan), Err(LimitError::NotANumber { .. })));
+        assert!(matches!(
+            d.tightened(&nan),
+            Err(LimitError::NotANumber { .. })
+        ));
         let empty = LimitOverrides {
             pbm_point_energy_min_j: Some(7.0),
             pbm_point_energy_max_j: Some(6.0),
             ..LimitOverrides::default()
         };
-        assert!(matches!(d.tightened(&empty), Err(LimitError::EmptyWindow { .. })));
+        assert!(matches!(
+            d.tightened(&empty),
+            Err(LimitError::EmptyWindow { .. })
+        ));
     }
 }

@@ -42,7 +42,11 @@ impl std::error::Error for LoadError {}
 
 impl LoadError {
     /// An error about a field, found after parsing (no position).
-    pub(crate) fn field(origin: &str, field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn field(
+        origin: &str,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         LoadError {
             origin: origin.to_string(),
             field: field.into(),
@@ -64,7 +68,8 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 
 /// Deserialises `text` as TOML into `T`, with the field path and position of any error.
 pub(crate) fn from_toml<T: DeserializeOwned>(text: &str, origin: &str) -> Result<T, LoadError> {
-    let de = toml::Deserializer::parse(text).map_err(|e| toml_error(text, origin, String::new(), &e))?;
+    let de =
+        toml::Deserializer::parse(text).map_err(|e| toml_error(text, origin, String::new(), &e))?;
     serde_path_to_error::deserialize(de).map_err(|e| {
         let field = e.path().to_string();
         let field = if field == "." { String::new() } else { field };
@@ -94,7 +99,11 @@ pub(crate) fn positive(origin: &str, field: &str, value: f64, unit: &str) -> Res
     if value.is_finite() && value > 0.0 {
         Ok(())
     } else {
-        Err(LoadError::field(origin, field, format!("expected a finite number > 0 {unit}, got {value}")))
+        Err(LoadError::field(
+            origin,
+            field,
+            format!("expected a finite number > 0 {unit}, got {value}"),
+        ))
     }
 }
 

@@ -77,9 +77,10 @@ impl ConditionKind {
     /// (`false`), or either (`None`).
     fn sited(self) -> Option<bool> {
         match self {
-            ConditionKind::Malignancy | ConditionKind::OpenWound | ConditionKind::ActiveHaemorrhage | ConditionKind::Dvt => {
-                Some(true)
-            }
+            ConditionKind::Malignancy
+            | ConditionKind::OpenWound
+            | ConditionKind::ActiveHaemorrhage
+            | ConditionKind::Dvt => Some(true),
             ConditionKind::RecentIrradiation | ConditionKind::TopicalHeatingAgent => None,
             _ => Some(false),
         }
@@ -235,11 +236,17 @@ impl PatientContext {
     pub fn validate(&self, origin: &str) -> Result<(), LoadError> {
         let err = |field: String, msg: String| LoadError::field(origin, field, msg);
         if self.id.trim().is_empty() {
-            return Err(err("id".into(), "expected a non-empty pseudonymous id".into()));
+            return Err(err(
+                "id".into(),
+                "expected a non-empty pseudonymous id".into(),
+            ));
         }
         for (i, s) in self.sensation.iter().enumerate() {
             if !s.site.is_known() {
-                return Err(err(format!("sensation[{i}].site"), format!("{} is not in the site vocabulary", s.site)));
+                return Err(err(
+                    format!("sensation[{i}].site"),
+                    format!("{} is not in the site vocabulary", s.site),
+                ));
             }
         }
         for (i, c) in self.contraindications.iter().enumerate() {
@@ -247,22 +254,34 @@ impl PatientContext {
                 (Some(true), None) => {
                     return Err(err(
                         format!("contraindications[{i}].site"),
-                        format!("{} is located at a site: expected `site = \"REGION:side\"`", c.kind.as_str()),
+                        format!(
+                            "{} is located at a site: expected `site = \"REGION:side\"`",
+                            c.kind.as_str()
+                        ),
                     ));
                 }
                 (Some(false), Some(s)) => {
                     return Err(err(
                         format!("contraindications[{i}].site"),
-                        format!("{} applies to the whole body; remove `site = \"{s}\"`", c.kind.as_str()),
+                        format!(
+                            "{} applies to the whole body; remove `site = \"{s}\"`",
+                            c.kind.as_str()
+                        ),
                     ));
                 }
                 _ => {}
             }
         }
         for (i, d) in self.delivered_today.iter().enumerate() {
-            for (field, value) in [("energy_j", d.energy_j), ("fluence_j_per_cm2", d.fluence_j_per_cm2)] {
+            for (field, value) in [
+                ("energy_j", d.energy_j),
+                ("fluence_j_per_cm2", d.fluence_j_per_cm2),
+            ] {
                 if !(value.is_finite() && value >= 0.0) {
-                    return Err(err(format!("delivered_today[{i}].{field}"), format!("expected a finite number >= 0, got {value}")));
+                    return Err(err(
+                        format!("delivered_today[{i}].{field}"),
+                        format!("expected a finite number >= 0, got {value}"),
+                    ));
                 }
             }
         }
@@ -270,11 +289,15 @@ impl PatientContext {
             if o.reason.trim().is_empty() {
                 return Err(err(
                     format!("precaution_overrides[{i}].reason"),
-                    "an override needs a reason the clinic can audit; expected non-empty text".into(),
+                    "an override needs a reason the clinic can audit; expected non-empty text"
+                        .into(),
                 ));
             }
             if o.clinician.trim().is_empty() {
-                return Err(err(format!("precaution_overrides[{i}].clinician"), "expected the deciding clinician".into()));
+                return Err(err(
+                    format!("precaution_overrides[{i}].clinician"),
+                    "expected the deciding clinician".into(),
+                ));
             }
         }
         Ok(())
@@ -305,7 +328,12 @@ impl PatientContext {
     }
 
     /// The override of `precaution` for this modality and site, if the clinician gave one.
-    pub fn override_for(&self, precaution: Precaution, modality: ModalityKind, site: &BodySite) -> Option<&PrecautionOverride> {
+    pub fn override_for(
+        &self,
+        precaution: Precaution,
+        modality: ModalityKind,
+        site: &BodySite,
+    ) -> Option<&PrecautionOverride> {
         self.precaution_overrides.iter().find(|o| {
             o.precaution == precaution
                 && o.modality.is_none_or(|m| m == modality)

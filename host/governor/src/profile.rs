@@ -33,7 +33,9 @@ use serde::{Deserialize, Serialize};
 
 use modalis_sdk::{ChannelKind, ModalityKind, Waveform};
 
-use crate::limits::{COMBINED_BUDGET_MAX_MW_PER_CM2, LaserClass, LimitOverrides, Limits, TENS_NOMINAL_LOAD_OHM};
+use crate::limits::{
+    COMBINED_BUDGET_MAX_MW_PER_CM2, LaserClass, LimitOverrides, Limits, TENS_NOMINAL_LOAD_OHM,
+};
 use crate::load::{LoadError, from_toml, positive};
 
 /// A validated device profile.
@@ -307,9 +309,9 @@ struct RawChannel {
 /// The channel kinds a device of a modality may have.
 pub fn allowed_channel_kinds(modality: ModalityKind) -> &'static [ChannelKind] {
     match modality {
-        ModalityKind::Photobiomodulation | ModalityKind::Class4Laser | ModalityKind::LaserAcupuncture => {
-            &[ChannelKind::Optical]
-        }
+        ModalityKind::Photobiomodulation
+        | ModalityKind::Class4Laser
+        | ModalityKind::LaserAcupuncture => &[ChannelKind::Optical],
         // MIRE pads are near-infrared LEDs whose effect is modelled as heat; IR lamps heat.
         ModalityKind::InfraredHeat => &[ChannelKind::Heat, ChannelKind::Optical],
         ModalityKind::Tens => &[ChannelKind::Electrical],
@@ -333,18 +335,35 @@ impl DeviceProfile {
 
     fn validate(raw: RawProfile, origin: &str) -> Result<DeviceProfile, LoadError> {
         let err = |field: String, msg: String| LoadError::field(origin, field, msg);
-        if raw.id.trim().is_empty() || !raw.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            return Err(err("id".into(), format!("expected a non-empty id of letters, digits, '-' or '_', got {:?}", raw.id)));
+        if raw.id.trim().is_empty()
+            || !raw
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(err(
+                "id".into(),
+                format!(
+                    "expected a non-empty id of letters, digits, '-' or '_', got {:?}",
+                    raw.id
+                ),
+            ));
         }
         let allowed = allowed_channel_kinds(raw.modality);
         if allowed.is_empty() {
             return Err(err(
                 "modality".into(),
-                format!("modality {:?} has no safety rules; the governor drives only photobiomodulation, class-4-laser, infrared-heat, tens and laser-acupuncture devices", raw.modality.as_str()),
+                format!(
+                    "modality {:?} has no safety rules; the governor drives only photobiomodulation, class-4-laser, infrared-heat, tens and laser-acupuncture devices",
+                    raw.modality.as_str()
+                ),
             ));
         }
         if raw.channels.is_empty() {
-            return Err(err("channels".into(), "expected at least one [[channels]] entry".into()));
+            return Err(err(
+                "channels".into(),
+                "expected at least one [[channels]] entry".into(),
+            ));
         }
         let limits = Limits::default()
             .tightened(&raw.limits)
@@ -370,7 +389,10 @@ impl DeviceProfile {
                 return Err(err(at("name"), "expected a non-empty channel name".into()));
             }
             if channels.iter().any(|c| c.name == ch.name) {
-                return Err(err(at("name"), format!("channel name {:?} appears twice", ch.name)));
+                return Err(err(
+                    at("name"),
+                    format!("channel name {:?} appears twice", ch.name),
+                ));
             }
             if !allowed.contains(&ch.kind) {
                 let names: Vec<&str> = allowed.iter().map(|k| k.as_str()).collect();
@@ -387,13 +409,20 @@ impl DeviceProfile {
             let present = [
                 ("optical", ch.optical.is_some(), ChannelKind::Optical),
                 ("heat", ch.heat.is_some(), ChannelKind::Heat),
-                ("electrical", ch.electrical.is_some(), ChannelKind::Electrical),
+                (
+                    "electrical",
+                    ch.electrical.is_some(),
+                    ChannelKind::Electrical,
+                ),
             ];
             for (table, is_there, kind) in present {
                 if is_there && kind != ch.kind {
                     return Err(err(
                         at(table),
-                        format!("a {} channel takes a [channels.{}] table, not [channels.{table}]", ch.kind, ch.kind),
+                        format!(
+                            "a {} channel takes a [channels.{}] table, not [channels.{table}]",
+                            ch.kind, ch.kind
+                        ),
                     ));
                 }
             }
@@ -406,7 +435,12 @@ impl DeviceProfile {
                     let p = at("heat");
                     positive(origin, &format!("{p}.max_temp_c"), h.max_temp_c, "C")?;
                     positive(origin, &format!("{p}.max_power_w"), h.max_power_w, "W")?;
-                    positive(origin, &format!("{p}.contact_area_cm2"), h.contact_area_cm2, "cm2")?;
+                    positive(
+                        origin,
+                        &format!("{p}.contact_area_cm2"),
+                        h.contact_area_cm2,
+                        "cm2",
+                    )?;
                     ChannelSpec::Heat(h)
                 }
                 (ChannelKind::Electrical, _, _, Some(e)) => {
@@ -414,10 +448,16 @@ impl DeviceProfile {
                     ChannelSpec::Electrical(e)
                 }
                 (kind, ..) => {
-                    return Err(err(at(kind.as_str()), format!("a {kind} channel needs its [channels.{kind}] table")));
+                    return Err(err(
+                        at(kind.as_str()),
+                        format!("a {kind} channel needs its [channels.{kind}] table"),
+                    ));
                 }
             };
-            channels.push(ChannelProfile { name: ch.name, spec });
+            channels.push(ChannelProfile {
+                name: ch.name,
+                spec,
+            });
         }
         Ok(DeviceProfile {
             name: raw.name.unwrap_or_else(|| raw.id.clone()),
@@ -432,35 +472,71 @@ impl DeviceProfile {
     }
 }
 
-fn validate_optical(o: &OpticalChannel, modality: ModalityKind, origin: &str, p: &str) -> Result<(), LoadError> {
+fn validate_optical(
+    o: &OpticalChannel,
+    modality: ModalityKind,
+    origin: &str,
+    p: &str,
+) -> Result<(), LoadError> {
     let err = |field: &str, msg: String| LoadError::field(origin, format!("{p}.{field}"), msg);
     if o.wavelengths_nm.is_empty() {
-        return Err(err("wavelengths_nm", "expected at least one wavelength".into()));
+        return Err(err(
+            "wavelengths_nm",
+            "expected at least one wavelength".into(),
+        ));
     }
     for (i, w) in o.wavelengths_nm.iter().enumerate() {
-        if !(w.is_finite() && (crate::limits::MPE_MIN_WAVELENGTH_NM..=crate::limits::MPE_MAX_WAVELENGTH_NM).contains(w)) {
+        if !(w.is_finite()
+            && (crate::limits::MPE_MIN_WAVELENGTH_NM..=crate::limits::MPE_MAX_WAVELENGTH_NM)
+                .contains(w))
+        {
             return Err(err(
                 &format!("wavelengths_nm[{i}]"),
-                format!("expected a wavelength in 400-1400 nm (the range of the skin MPE table, ICNIRP), got {w}"),
+                format!(
+                    "expected a wavelength in 400-1400 nm (the range of the skin MPE table, ICNIRP), got {w}"
+                ),
             ));
         }
     }
-    if !(o.wavelength_tolerance_nm.is_finite() && (0.0..=50.0).contains(&o.wavelength_tolerance_nm)) {
-        return Err(err("wavelength_tolerance_nm", format!("expected 0-50 nm, got {}", o.wavelength_tolerance_nm)));
+    if !(o.wavelength_tolerance_nm.is_finite() && (0.0..=50.0).contains(&o.wavelength_tolerance_nm))
+    {
+        return Err(err(
+            "wavelength_tolerance_nm",
+            format!("expected 0-50 nm, got {}", o.wavelength_tolerance_nm),
+        ));
     }
     positive(origin, &format!("{p}.max_power_mw"), o.max_power_mw, "mW")?;
-    positive(origin, &format!("{p}.min_beam_area_cm2"), o.min_beam_area_cm2, "cm2")?;
-    positive(origin, &format!("{p}.max_beam_area_cm2"), o.max_beam_area_cm2, "cm2")?;
+    positive(
+        origin,
+        &format!("{p}.min_beam_area_cm2"),
+        o.min_beam_area_cm2,
+        "cm2",
+    )?;
+    positive(
+        origin,
+        &format!("{p}.max_beam_area_cm2"),
+        o.max_beam_area_cm2,
+        "cm2",
+    )?;
     if o.min_beam_area_cm2 > o.max_beam_area_cm2 {
         return Err(err(
             "min_beam_area_cm2",
-            format!("{} cm2 is above max_beam_area_cm2 {}", o.min_beam_area_cm2, o.max_beam_area_cm2),
+            format!(
+                "{} cm2 is above max_beam_area_cm2 {}",
+                o.min_beam_area_cm2, o.max_beam_area_cm2
+            ),
         ));
     }
     if let Some(s) = o.max_scan_area_cm2 {
         positive(origin, &format!("{p}.max_scan_area_cm2"), s, "cm2")?;
         if s < o.max_beam_area_cm2 {
-            return Err(err("max_scan_area_cm2", format!("{s} cm2 is smaller than the beam ({} cm2)", o.max_beam_area_cm2)));
+            return Err(err(
+                "max_scan_area_cm2",
+                format!(
+                    "{s} cm2 is smaller than the beam ({} cm2)",
+                    o.max_beam_area_cm2
+                ),
+            ));
         }
     }
     if let Some(f) = o.max_pulse_frequency_hz {
@@ -485,7 +561,11 @@ fn validate_optical(o: &OpticalChannel, modality: ModalityKind, origin: &str, p:
         if modality == ModalityKind::Class4Laser && class != LaserClass::Class4 {
             return Err(err(
                 "max_power_mw",
-                format!("a class-4-laser device must exceed 500 mW (IEC 60825-1); {} mW is Class {}", o.max_power_mw, class.as_str()),
+                format!(
+                    "a class-4-laser device must exceed 500 mW (IEC 60825-1); {} mW is Class {}",
+                    o.max_power_mw,
+                    class.as_str()
+                ),
             ));
         }
         if class.needs_controls() {
@@ -499,7 +579,10 @@ fn validate_optical(o: &OpticalChannel, modality: ModalityKind, origin: &str, p:
                 if !fitted {
                     return Err(err(
                         &format!("safety.{field}"),
-                        format!("a Class {} laser must have a {field} (21 CFR 1040.10(f)); expected `{field} = true`", class.as_str()),
+                        format!(
+                            "a Class {} laser must have a {field} (21 CFR 1040.10(f)); expected `{field} = true`",
+                            class.as_str()
+                        ),
                     ));
                 }
             }
@@ -512,22 +595,56 @@ fn validate_electrical(e: &ElectricalChannel, origin: &str, p: &str) -> Result<(
     let err = |field: &str, msg: String| LoadError::field(origin, format!("{p}.{field}"), msg);
     positive(origin, &format!("{p}.max_rms_ma"), e.max_rms_ma, "mA")?;
     positive(origin, &format!("{p}.max_peak_ma"), e.max_peak_ma, "mA")?;
-    positive(origin, &format!("{p}.electrode_area_cm2"), e.electrode_area_cm2, "cm2")?;
-    positive(origin, &format!("{p}.min_frequency_hz"), e.min_frequency_hz, "Hz")?;
-    positive(origin, &format!("{p}.max_frequency_hz"), e.max_frequency_hz, "Hz")?;
-    positive(origin, &format!("{p}.min_pulse_width_us"), e.min_pulse_width_us, "us")?;
-    positive(origin, &format!("{p}.max_pulse_width_us"), e.max_pulse_width_us, "us")?;
+    positive(
+        origin,
+        &format!("{p}.electrode_area_cm2"),
+        e.electrode_area_cm2,
+        "cm2",
+    )?;
+    positive(
+        origin,
+        &format!("{p}.min_frequency_hz"),
+        e.min_frequency_hz,
+        "Hz",
+    )?;
+    positive(
+        origin,
+        &format!("{p}.max_frequency_hz"),
+        e.max_frequency_hz,
+        "Hz",
+    )?;
+    positive(
+        origin,
+        &format!("{p}.min_pulse_width_us"),
+        e.min_pulse_width_us,
+        "us",
+    )?;
+    positive(
+        origin,
+        &format!("{p}.max_pulse_width_us"),
+        e.max_pulse_width_us,
+        "us",
+    )?;
     positive(origin, &format!("{p}.load_ohm"), e.load_ohm, "ohm")?;
     if e.waveforms.is_empty() {
         return Err(err("waveforms", "expected at least one waveform".into()));
     }
     if e.min_frequency_hz > e.max_frequency_hz {
-        return Err(err("min_frequency_hz", format!("{} Hz is above max_frequency_hz {}", e.min_frequency_hz, e.max_frequency_hz)));
+        return Err(err(
+            "min_frequency_hz",
+            format!(
+                "{} Hz is above max_frequency_hz {}",
+                e.min_frequency_hz, e.max_frequency_hz
+            ),
+        ));
     }
     if e.min_pulse_width_us > e.max_pulse_width_us {
         return Err(err(
             "min_pulse_width_us",
-            format!("{} us is above max_pulse_width_us {}", e.min_pulse_width_us, e.max_pulse_width_us),
+            format!(
+                "{} us is above max_pulse_width_us {}",
+                e.min_pulse_width_us, e.max_pulse_width_us
+            ),
         ));
     }
     Ok(())

@@ -128,6 +128,10 @@ rules! {
     CROSS_BUDGET = "cross.thermal_budget", "clinical-facts.md 'Heat stacking' [S]; hard ceiling 200 mW/cm2 = lowest skin MPE (ICNIRP, 0.2 W/cm2 below 700 nm) [C]";
 
     // ---- Runtime supervision.
+    /// The command is admitted.
+    RUN_ADMIT = "run.admit", "approved plan, re-checked at emission time (issue 3 defence in depth)";
+    /// A stop is always admitted.
+    RUN_OFF = "run.off", "clinical-facts.md 'Start': a stop cuts output at once (stimulator manuals [S])";
     /// The command is not part of the approved plan.
     RUN_NOT_IN_PLAN = "run.not_in_plan", "design brief 'The one rule'; 21 CFR 11.10(f) permitted sequencing [S]";
     /// The command is outside its step's time window.

@@ -84,6 +84,10 @@ impl Finding {
 
 impl std::fmt::Display for Finding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "[{}] {}: {} (source: {})", self.verdict, self.rule, self.reason, self.source)
+        write!(
+            f,
+            "[{}] {}: {} (source: {})",
+            self.verdict, self.rule, self.reason, self.source
+        )
     }
 }

@@ -463,7 +463,13 @@ impl PluginRuntime {
             plugin: label.to_string(),
             message: format!("{e:#}"),
         })?;
+        let imports = component
+            .component_type()
+            .imports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
         let mut plugin = Plugin {
+            imports,
             label: label.to_string(),
             wasm_sha256,
             engine: self.engine.clone(),
@@ -548,6 +554,7 @@ struct Warm {
 
 /// A loaded plugin. Not `Sync`: one caller at a time (each session owns its plugin handle).
 pub struct Plugin {
+    imports: Vec<String>,
     label: String,
     wasm_sha256: String,
     engine: Engine,
@@ -630,6 +637,11 @@ impl Plugin {
                 sample_params: String::new(),
             })
         })
+    }
+
+    /// The component's imports (all satisfied by the sandbox's empty WASI context).
+    pub fn imports(&self) -> &[String] {
+        &self.imports
     }
 
     /// What the last call cost (fuel, memory, time).

@@ -1,4 +1,5 @@
 //! The host's integration tests: one binary (matklad's "delete cargo integration tests").
 
+mod cli;
 mod first_party;
 mod runtime;

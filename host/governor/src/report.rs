@@ -1,0 +1,240 @@
+//! The dose report: what the clinic reads before arming. JSON through `serde`, a table
+//! through `Display`.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use modalis_sdk::{BodySite, ModalityKind, Sensation};
+
+use crate::precheck::{StepRef, StepVerdict};
+use crate::verdict::{Finding, Verdict};
+
+/// One finding, attached to the site it concerns.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReportFinding {
+    /// The step.
+    pub step: StepRef,
+    /// Rule id.
+    pub rule: &'static str,
+    /// What it did.
+    pub verdict: Verdict,
+    /// Why.
+    pub reason: String,
+    /// Source of the limit.
+    pub source: &'static str,
+}
+
+/// Everything delivered at one (canonical) site.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SiteReport {
+    /// The site the ledger counts (Bafeng 1 is counted as LR2).
+    pub site: BodySite,
+    /// The names the plans used for it.
+    pub names: Vec<String>,
+    /// Sensation there.
+    pub sensation: Option<Sensation>,
+    /// Modalities that will act there.
+    pub modalities: Vec<ModalityKind>,
+    /// Optical energy this session, J.
+    pub energy_j: f64,
+    /// Optical fluence this session, J/cm2 (on the worst-case spot or the scan area).
+    pub fluence_j_per_cm2: f64,
+    /// Optical energy delivered earlier today, J.
+    pub prior_energy_j: f64,
+    /// Optical fluence delivered earlier today, J/cm2.
+    pub prior_fluence_j_per_cm2: f64,
+    /// Energy today including this session, J.
+    pub day_energy_j: f64,
+    /// Fluence today including this session, J/cm2.
+    pub day_fluence_j_per_cm2: f64,
+    /// Hot-spot estimate for today: this site plus overlapping regions (and the most-dosed
+    /// point inside a region), J/cm2.
+    pub peak_fluence_j_per_cm2: f64,
+    /// Highest irradiance of any optical step, mW/cm2.
+    pub peak_irradiance_mw_per_cm2: f64,
+    /// Energised time, all modalities, ms.
+    pub energised_ms: u64,
+    /// Highest heat target, C.
+    pub max_target_temp_c: Option<f64>,
+    /// Skin temperature alarm level that will apply, C.
+    pub skin_alarm_c: Option<f64>,
+    /// Skin temperature cut-off that will apply, C.
+    pub skin_cutoff_c: Option<f64>,
+    /// Highest TENS r.m.s. current, mA.
+    pub max_tens_rms_ma: Option<f64>,
+    /// Heat sessions earlier today.
+    pub prior_heat_sessions: u32,
+    /// Hardest verdict among the findings here.
+    pub verdict: Verdict,
+    /// Every warning, clamp and refusal here.
+    pub findings: Vec<ReportFinding>,
+}
+
+/// Counts of step verdicts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    /// Allowed.
+    pub allow: usize,
+    /// Allowed with a warning.
+    pub warn: usize,
+    /// Clamped.
+    pub clamp: usize,
+    /// Refused.
+    pub refuse: usize,
+}
+
+/// The dose report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DoseReport {
+    /// Pseudonymous patient id.
+    pub patient_id: String,
+    /// Whether the protocol may be armed (nothing refused).
+    pub armable: bool,
+    /// The hardest verdict of all.
+    pub verdict: Verdict,
+    /// Step verdict counts.
+    pub counts: Counts,
+    /// Protocol-level findings.
+    pub protocol_findings: Vec<Finding>,
+    /// Per site.
+    pub sites: Vec<SiteReport>,
+}
+
+impl DoseReport {
+    pub(crate) fn new(
+        patient_id: String,
+        steps: &[StepVerdict],
+        protocol: &[Finding],
+        sites: Vec<SiteReport>,
+    ) -> Self {
+        let mut counts = Counts::default();
+        for s in steps {
+            match s.verdict {
+                Verdict::Allow => counts.allow += 1,
+                Verdict::AllowWithWarning => counts.warn += 1,
+                Verdict::Clamp => counts.clamp += 1,
+                Verdict::Refuse => counts.refuse += 1,
+            }
+        }
+        let verdict = steps
+            .iter()
+            .map(|s| s.verdict)
+            .chain(protocol.iter().map(|f| f.verdict))
+            .max()
+            .unwrap_or(Verdict::Allow);
+        DoseReport {
+            patient_id,
+            armable: verdict != Verdict::Refuse,
+            verdict,
+            counts,
+            protocol_findings: protocol.to_vec(),
+            sites,
+        }
+    }
+
+    /// The report as pretty JSON.
+    pub fn to_json(&self) -> String {
+        // Serialising plain data with string keys cannot fail; fall back to a marker anyway
+        // rather than panic.
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    }
+
+    /// The site report for a site (by its canonical name).
+    pub fn site(&self, site: &BodySite) -> Option<&SiteReport> {
+        let c = site.canonical();
+        self.sites.iter().find(|s| s.site == c)
+    }
+}
+
+fn opt(v: Option<f64>, prec: usize) -> String {
+    v.map_or_else(|| "-".to_string(), |x| format!("{x:.prec$}"))
+}
+
+impl fmt::Display for DoseReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "Dose report for patient {}: {} ({} allowed, {} with warnings, {} clamped, {} refused)",
+            self.patient_id,
+            if self.armable {
+                "CAN BE ARMED"
+            } else {
+                "CANNOT BE ARMED"
+            },
+            self.counts.allow,
+            self.counts.warn,
+            self.counts.clamp,
+            self.counts.refuse
+        )?;
+        writeln!(
+            f,
+            "{:<26} {:<9} {:<34} {:>8} {:>8} {:>8} {:>9} {:>8} {:>7} {:>11} {:>7}  {}",
+            "site",
+            "sensation",
+            "modalities",
+            "E J",
+            "F J/cm2",
+            "day F",
+            "peak mW/cm2",
+            "time s",
+            "T max",
+            "alarm/stop",
+            "I rms",
+            "verdict"
+        )?;
+        for s in &self.sites {
+            let mods: Vec<&str> = s.modalities.iter().map(|m| m.as_str()).collect();
+            let sens = s.sensation.map_or("?", |x| match x {
+                Sensation::Normal => "normal",
+                Sensation::Reduced => "reduced",
+                Sensation::Absent => "absent",
+            });
+            let mut name = s.site.to_string();
+            let aliases: Vec<&String> = s.names.iter().filter(|n| **n != name).collect();
+            if !aliases.is_empty() {
+                name = format!(
+                    "{name} (= {})",
+                    aliases
+                        .iter()
+                        .map(|a| a.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            writeln!(
+                f,
+                "{:<26} {:<9} {:<34} {:>8.2} {:>8.2} {:>8.2} {:>9.1} {:>8.0} {:>7} {:>11} {:>7}  {}",
+                name,
+                sens,
+                if mods.is_empty() {
+                    "-".to_string()
+                } else {
+                    mods.join(",")
+                },
+                s.energy_j,
+                s.fluence_j_per_cm2,
+                s.peak_fluence_j_per_cm2,
+                s.peak_irradiance_mw_per_cm2,
+                s.energised_ms as f64 / 1000.0,
+                opt(s.max_target_temp_c, 1),
+                format!("{}/{}", opt(s.skin_alarm_c, 0), opt(s.skin_cutoff_c, 0)),
+                opt(s.max_tens_rms_ma, 1),
+                s.verdict
+            )?;
+        }
+        for p in &self.protocol_findings {
+            writeln!(f, "  protocol: {p}")?;
+        }
+        for s in &self.sites {
+            for x in &s.findings {
+                writeln!(
+                    f,
+                    "  {} {} [{}] {}: {} (source: {})",
+                    s.site, x.step, x.verdict, x.rule, x.reason, x.source
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
