@@ -20,15 +20,28 @@ struct PluginCrate {
 }
 
 fn main() {
-    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let plugins_dir = manifest_dir.parent().expect("plugins/artifacts has a parent").to_path_buf();
-    let root = plugins_dir.parent().expect("plugins/ has a parent").to_path_buf();
+    let manifest_dir =
+        PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let plugins_dir = manifest_dir
+        .parent()
+        .expect("plugins/artifacts has a parent")
+        .to_path_buf();
+    let root = plugins_dir
+        .parent()
+        .expect("plugins/ has a parent")
+        .to_path_buf();
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
 
     println!("cargo:rerun-if-changed={}", plugins_dir.display());
     println!("cargo:rerun-if-changed={}", root.join("sdk").display());
-    println!("cargo:rerun-if-changed={}", root.join("Cargo.lock").display());
-    println!("cargo:rerun-if-changed={}", root.join("Cargo.toml").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("Cargo.lock").display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("Cargo.toml").display()
+    );
 
     let mut crates = discover(&plugins_dir, false);
     crates.extend(discover(&plugins_dir.join("hostile"), true));
@@ -50,11 +63,21 @@ fn main() {
         cmd.arg("-p").arg(&c.package);
     }
     // The outer build's flags (coverage, sanitizers, native CPU) must not leak into the guests.
-    for var in ["CARGO_ENCODED_RUSTFLAGS", "RUSTFLAGS", "CARGO_BUILD_RUSTFLAGS", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET", "RUSTC_WORKSPACE_WRAPPER"] {
+    for var in [
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "RUSTC_WORKSPACE_WRAPPER",
+    ] {
         cmd.env_remove(var);
     }
     let status = cmd.status().expect("run cargo to build the plugins");
-    assert!(status.success(), "building the plugins for {TARGET} failed (see the cargo output above)");
+    assert!(
+        status.success(),
+        "building the plugins for {TARGET} failed (see the cargo output above)"
+    );
 
     let wasm_dir = target_dir.join(TARGET).join("release");
     let mut src = String::new();
@@ -63,7 +86,12 @@ fn main() {
     let mut hostile = Vec::new();
     for c in &crates {
         let file = wasm_dir.join(format!("{}.wasm", c.package.replace('-', "_")));
-        assert!(file.exists(), "expected {} after building {}", file.display(), c.package);
+        assert!(
+            file.exists(),
+            "expected {} after building {}",
+            file.display(),
+            c.package
+        );
         let konst = c
             .package
             .trim_start_matches("modalis-plugin-")
@@ -75,14 +103,23 @@ fn main() {
             writeln!(src, "/// Path of the hostile test plugin `{}`.\npub const HOSTILE_{konst}: &str = {path:?};", c.package).ok();
             hostile.push((c.package.clone(), format!("HOSTILE_{konst}")));
         } else {
-            writeln!(src, "/// Path of the first-party plugin `{}`.\npub const {konst}: &str = {path:?};", c.package).ok();
+            writeln!(
+                src,
+                "/// Path of the first-party plugin `{}`.\npub const {konst}: &str = {path:?};",
+                c.package
+            )
+            .ok();
             writeln!(src, "/// Bytes of the first-party plugin `{}`.\npub const {konst}_WASM: &[u8] = include_bytes!({path:?});", c.package).ok();
             first_party.push((c.package.clone(), konst));
         }
     }
     src.push_str("/// Every first-party plugin: (package, path, bytes).\npub const FIRST_PARTY: &[Artifact] = &[\n");
     for (pkg, k) in &first_party {
-        writeln!(src, "    Artifact {{ package: {pkg:?}, path: {k}, bytes: {k}_WASM }},").ok();
+        writeln!(
+            src,
+            "    Artifact {{ package: {pkg:?}, path: {k}, bytes: {k}_WASM }},"
+        )
+        .ok();
     }
     src.push_str("];\n/// Every hostile test plugin: (package, path).\npub const HOSTILE: &[(&str, &str)] = &[\n");
     for (pkg, k) in &hostile {
@@ -94,7 +131,9 @@ fn main() {
 
 /// Crates (directories with a Cargo.toml) directly under `dir`, except this one.
 fn discover(dir: &Path, hostile: bool) -> Vec<PluginCrate> {
-    let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
     for e in entries.flatten() {
         let manifest = e.path().join("Cargo.toml");
@@ -108,7 +147,15 @@ fn discover(dir: &Path, hostile: bool) -> Vec<PluginCrate> {
         }
         let package = text
             .lines()
-            .find_map(|l| l.trim().strip_prefix("name").map(|r| r.trim_start().trim_start_matches('=').trim().trim_matches('"').to_string()))
+            .find_map(|l| {
+                l.trim().strip_prefix("name").map(|r| {
+                    r.trim_start()
+                        .trim_start_matches('=')
+                        .trim()
+                        .trim_matches('"')
+                        .to_string()
+                })
+            })
             .unwrap_or_else(|| panic!("{} has no package name", manifest.display()));
         out.push(PluginCrate { package, hostile });
     }
@@ -118,15 +165,27 @@ fn discover(dir: &Path, hostile: bool) -> Vec<PluginCrate> {
 /// Installs the wasm target with rustup when the toolchain lacks it.
 fn ensure_target() {
     let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let sysroot = Command::new(&rustc).args(["--print", "sysroot"]).output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-    let installed = sysroot.map(|s| Path::new(&s).join("lib/rustlib").join(TARGET).exists()).unwrap_or(false);
+    let sysroot = Command::new(&rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let installed = sysroot
+        .map(|s| Path::new(&s).join("lib/rustlib").join(TARGET).exists())
+        .unwrap_or(false);
     if installed {
         return;
     }
-    println!("cargo:warning=installing the {TARGET} target with rustup (needed to build the plugins)");
-    let status = Command::new("rustup").args(["target", "add", TARGET]).status();
+    println!(
+        "cargo:warning=installing the {TARGET} target with rustup (needed to build the plugins)"
+    );
+    let status = Command::new("rustup")
+        .args(["target", "add", TARGET])
+        .status();
     match status {
         Ok(s) if s.success() => {}
-        other => panic!("the {TARGET} target is missing and `rustup target add {TARGET}` failed ({other:?}); install it by hand"),
+        other => panic!(
+            "the {TARGET} target is missing and `rustup target add {TARGET}` failed ({other:?}); install it by hand"
+        ),
     }
 }
