@@ -137,6 +137,26 @@ fn audit_commands(n: u64, writers: u64) -> f64 {
     r
 }
 
+/// Milliseconds one checkpoint (fsync of sled's files, signature, fsync'd line) holds the
+/// writer, after 1,000 new records.
+fn checkpoint_ms() -> f64 {
+    let dir = fresh();
+    let log = open(&dir);
+    let mut times = Vec::new();
+    for round in 0..5u64 {
+        for i in 0..1_000 {
+            log.append_telemetry("laser-1", None, telemetry_payload(round * 1_000 + i))
+                .expect("telemetry");
+        }
+        log.flush_pending().expect("flush");
+        let start = Instant::now();
+        log.checkpoint().expect("checkpoint");
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    log.close().expect("close");
+    median(times)
+}
+
 fn runs(f: impl Fn() -> f64) -> f64 {
     median((0..RUNS).map(|_| f()).collect())
 }
@@ -172,5 +192,9 @@ fn main() {
     println!(
         "write-ahead, {WRITERS} writers:     {many:>10.0} records/s   sled insert+flush: {raw_flush:>8.0}/s   ratio {:.2}   (group commit)",
         many / raw_flush
+    );
+    println!(
+        "checkpoint (fsync sled files + signed fsync'd line): {:.2} ms",
+        runs(checkpoint_ms)
     );
 }

@@ -513,20 +513,20 @@ impl<'g> Run<'g> {
                     self.work.push(w);
                     continue;
                 };
-                if let Some(kind) = w.setpoint.channel_kind() {
-                    if kind != channel.kind() {
-                        w.refuse(
-                            rules::PLAN_KIND,
-                            format!(
-                                "a {kind} setpoint on channel {:?} of {} ({} device, {} channel)",
-                                channel.name,
-                                profile.id,
-                                profile.modality,
-                                channel.kind()
-                            ),
-                            vec![],
-                        );
-                    }
+                if let Some(kind) = w.setpoint.channel_kind()
+                    && kind != channel.kind()
+                {
+                    w.refuse(
+                        rules::PLAN_KIND,
+                        format!(
+                            "a {kind} setpoint on channel {:?} of {} ({} device, {} channel)",
+                            channel.name,
+                            profile.id,
+                            profile.modality,
+                            channel.kind()
+                        ),
+                        vec![],
+                    );
                 }
                 let (Some(site), true) = (w.site, numbers_ok) else {
                     self.work.push(w);
@@ -643,10 +643,10 @@ impl<'g> Run<'g> {
             if w.duration == 0 {
                 continue;
             }
-            if let Some(&(j, end)) = last.get(&(d, c)) {
-                if w.start < end {
-                    clash.push((j, i));
-                }
+            if let Some(&(j, end)) = last.get(&(d, c))
+                && w.start < end
+            {
+                clash.push((j, i));
             }
             let end = w.end();
             let e = last.entry((d, c)).or_insert((i, end));
@@ -856,11 +856,11 @@ impl<'g> Run<'g> {
                 if same_source {
                     continue;
                 }
-                if let (Some(a), Some(b)) = (ci, self.canon(&self.work[j])) {
-                    if self.overlap(a, b) {
-                        partners[i].push(j);
-                        partners[j].push(i);
-                    }
+                if let (Some(a), Some(b)) = (ci, self.canon(&self.work[j]))
+                    && self.overlap(a, b)
+                {
+                    partners[i].push(j);
+                    partners[j].push(i);
                 }
             }
         }
@@ -1064,23 +1064,22 @@ impl<'g> Run<'g> {
             let window = self.limits(w).dose_window(m);
             let mi = modality_index(m);
             let mut msgs: Vec<(String, Vec<Value>)> = Vec::new();
-            if let Setpoint::Optical(o) = w.setpoint {
-                if let (Some((min_e, _)), None) = (window.point_energy_j, o.scan_area_cm2) {
-                    if l.energy_by_mod[mi] < min_e * (1.0 - 1e-9) {
-                        msgs.push((
+            if let Setpoint::Optical(o) = w.setpoint
+                && let (Some((min_e, _)), None) = (window.point_energy_j, o.scan_area_cm2)
+                && l.energy_by_mod[mi] < min_e * (1.0 - 1e-9)
+            {
+                msgs.push((
                             format!("{m} energy at this point this session is {:.2} J, below the {min_e} J minimum of the window", l.energy_by_mod[mi]),
                             vec![v("energy", l.energy_by_mod[mi], "J"), v("min", min_e, "J")],
                         ));
-                    }
-                }
             }
-            if let Some((min_f, _)) = window.fluence_j_per_cm2 {
-                if l.fluence_by_mod[mi] < min_f * (1.0 - 1e-9) {
-                    msgs.push((
+            if let Some((min_f, _)) = window.fluence_j_per_cm2
+                && l.fluence_by_mod[mi] < min_f * (1.0 - 1e-9)
+            {
+                msgs.push((
                         format!("{m} fluence at this site this session is {:.2} J/cm2, below the {min_f} J/cm2 minimum of the window", l.fluence_by_mod[mi]),
                         vec![v("fluence", l.fluence_by_mod[mi], "J/cm2"), v("min", min_f, "J/cm2")],
                     ));
-                }
             }
             for (reason, values) in msgs {
                 self.work[i].findings.push(Finding::new(

@@ -368,19 +368,18 @@ impl DeviceProfile {
         let limits = Limits::default()
             .tightened(&raw.limits)
             .map_err(|e| err("limits".into(), e.to_string()))?;
-        if let Some(c) = &raw.combined {
-            if !(c.thermal_budget_mw_per_cm2.is_finite()
+        if let Some(c) = &raw.combined
+            && !(c.thermal_budget_mw_per_cm2.is_finite()
                 && c.thermal_budget_mw_per_cm2 > 0.0
                 && c.thermal_budget_mw_per_cm2 <= COMBINED_BUDGET_MAX_MW_PER_CM2)
-            {
-                return Err(err(
-                    "combined.thermal_budget_mw_per_cm2".into(),
-                    format!(
-                        "expected a number > 0 and at most the hard ceiling {COMBINED_BUDGET_MAX_MW_PER_CM2} mW/cm2 (the lowest skin MPE, ICNIRP), got {}",
-                        c.thermal_budget_mw_per_cm2
-                    ),
-                ));
-            }
+        {
+            return Err(err(
+                "combined.thermal_budget_mw_per_cm2".into(),
+                format!(
+                    "expected a number > 0 and at most the hard ceiling {COMBINED_BUDGET_MAX_MW_PER_CM2} mW/cm2 (the lowest skin MPE, ICNIRP), got {}",
+                    c.thermal_budget_mw_per_cm2
+                ),
+            ));
         }
         let mut channels: Vec<ChannelProfile> = Vec::with_capacity(raw.channels.len());
         for (i, ch) in raw.channels.into_iter().enumerate() {
@@ -544,18 +543,18 @@ fn validate_optical(
     }
     if o.emitter == Emitter::Laser {
         let derived = LaserClass::from_max_power_mw(o.max_power_mw);
-        if let Some(declared) = o.declared_class {
-            if declared < derived {
-                return Err(err(
-                    "declared_class",
-                    format!(
-                        "Class {} is lower than the class derived from max_power_mw {} (Class {}; above 0.5 W is Class 4, IEC 60825-1)",
-                        declared.as_str(),
-                        o.max_power_mw,
-                        derived.as_str()
-                    ),
-                ));
-            }
+        if let Some(declared) = o.declared_class
+            && declared < derived
+        {
+            return Err(err(
+                "declared_class",
+                format!(
+                    "Class {} is lower than the class derived from max_power_mw {} (Class {}; above 0.5 W is Class 4, IEC 60825-1)",
+                    declared.as_str(),
+                    o.max_power_mw,
+                    derived.as_str()
+                ),
+            ));
         }
         let class = o.laser_class().unwrap_or(derived);
         if modality == ModalityKind::Class4Laser && class != LaserClass::Class4 {

@@ -169,7 +169,7 @@ impl fmt::Display for DoseReport {
         )?;
         writeln!(
             f,
-            "{:<26} {:<9} {:<34} {:>8} {:>8} {:>8} {:>9} {:>8} {:>7} {:>11} {:>7}  {}",
+            "{:<26} {:<9} {:<34} {:>8} {:>8} {:>8} {:>9} {:>8} {:>7} {:>11} {:>7}  verdict",
             "site",
             "sensation",
             "modalities",
@@ -180,8 +180,7 @@ impl fmt::Display for DoseReport {
             "time s",
             "T max",
             "alarm/stop",
-            "I rms",
-            "verdict"
+            "I rms"
         )?;
         for s in &self.sites {
             let mods: Vec<&str> = s.modalities.iter().map(|m| m.as_str()).collect();

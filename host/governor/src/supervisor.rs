@@ -688,15 +688,15 @@ impl Supervisor {
         if self.sources.get(src).is_some_and(|s| s.reduced) {
             let alarm = lim.skin_alarm_c(step.sensation);
             let hyst = lim.skin_temp_hysteresis_c;
-            if let Some(ceiling) = reduced_setpoint(&step.approved, alarm, hyst) {
-                if !within(&cmd.setpoint, &ceiling) {
-                    return Decision::refuse(
-                        rules::RUN_SKIN_ALARM,
-                        "a skin temperature alarm holds this source at reduced output",
-                        vec![],
-                        now_ms,
-                    );
-                }
+            if let Some(ceiling) = reduced_setpoint(&step.approved, alarm, hyst)
+                && !within(&cmd.setpoint, &ceiling)
+            {
+                return Decision::refuse(
+                    rules::RUN_SKIN_ALARM,
+                    "a skin temperature alarm holds this source at reduced output",
+                    vec![],
+                    now_ms,
+                );
             }
         }
         // Defence in depth: the same physical rules as the pre-check, on the command itself.
@@ -750,20 +750,20 @@ impl Supervisor {
         let Some(s) = self.sources.get_mut(src) else {
             return Decision::refuse(rules::RUN_NOT_IN_PLAN, "unknown source", vec![], now_ms);
         };
-        if s.monitored && s.energised {
-            if let Some(seen) = s.last_seen_ms {
-                if now_ms.saturating_sub(seen) > staleness {
-                    return Decision::refuse(
-                        rules::RUN_STALE,
-                        format!(
-                            "last telemetry {} ms ago, over the {staleness} ms limit",
-                            now_ms.saturating_sub(seen)
-                        ),
-                        vec![],
-                        now_ms,
-                    );
-                }
-            }
+        if s.monitored
+            && s.energised
+            && let Some(seen) = s.last_seen_ms
+            && now_ms.saturating_sub(seen) > staleness
+        {
+            return Decision::refuse(
+                rules::RUN_STALE,
+                format!(
+                    "last telemetry {} ms ago, over the {staleness} ms limit",
+                    now_ms.saturating_sub(seen)
+                ),
+                vec![],
+                now_ms,
+            );
         }
         if !s.energised {
             // A source starting up has the staleness limit to send its first reading.
