@@ -792,6 +792,7 @@ impl Supervisor {
     }
 
     /// De-energises a source and returns the stop action; `latch` trips it.
+    #[allow(clippy::too_many_arguments)]
     fn stop(
         &mut self,
         src: usize,
