@@ -28,7 +28,7 @@ pub const SETS: &[PointSet] = &[
     },
     // The whole neuropathy point list of clinical-facts.md ("What clinics actually run", laser
     // acupuncture row), which gathers Litscher 2012, the ACUDIN trial (BMC Neurol 2018;18:40),
-    // Trials 2013;14:225 and Cho & Kim 2021. A long session (21 sites per side).
+    // Trials 2013;14:225 and Cho & Kim 2021. A long session (19 sites per side).
     PointSet {
         name: "dpn-extended",
         description: "the full lower-limb neuropathy list: ST34, ST36, SP9, GB34, SP6, GB39, KI3, BL60, LR3, GB41, Bafeng, Qiduan (clinical-facts.md: Litscher 2012; ACUDIN; Trials 2013;14:225; Cho & Kim 2021)",
