@@ -397,6 +397,8 @@ impl Writer {
                 let r = self.checkpoint();
                 if let Err(e) = &r {
                     tracing::error!(error = %e, "writing an audit checkpoint");
+                    // Retry after a full interval rather than in a tight loop.
+                    self.last_cp_at = Instant::now();
                 }
                 cp_result = Some(r);
             }
@@ -480,7 +482,14 @@ impl Writer {
             });
         }
         if seq > self.count {
-            if let Err(e) = self.store.write(&batch, seq, &head) {
+            let written = self.store.apply(&batch, seq, &head).and_then(|()| {
+                // Applied means the records are in the tree and take these numbers whether
+                // or not the flush below succeeds: the chain must go on from them.
+                self.count = seq;
+                self.head = head;
+                self.store.flush()
+            });
+            if let Err(e) = written {
                 let msg = e.to_string();
                 tracing::error!(error = %msg, "writing an audit batch");
                 for r in &mut results {
@@ -488,9 +497,6 @@ impl Writer {
                         *r = Err(AuditError::Write(msg.clone()));
                     }
                 }
-            } else {
-                self.count = seq;
-                self.head = head;
             }
         }
         for (p, r) in pending.drain(..).zip(results) {

@@ -293,7 +293,9 @@ pub struct Record {
     pub seq: u64,
     /// Hash of record `seq - 1`.
     pub prev: ChainHash,
-    /// Wall-clock time the event was appended, Unix milliseconds.
+    /// Wall-clock time the event was appended, Unix milliseconds. Taken when `append` was
+    /// called, so records of concurrent callers can be out of order by microseconds; `seq`
+    /// is the order.
     pub wall_ms: u64,
     /// Monotonic time the event was appended, nanoseconds since this controller run opened
     /// the log (it restarts at each `controller_start`; use it to order and time events

@@ -165,8 +165,9 @@ impl Store {
             .ok_or_else(|| self.inconsistent(format!("record {} is truncated", count - 1)))
     }
 
-    /// Writes a batch of records and the new head atomically, then flushes.
-    pub(crate) fn write(
+    /// Writes a batch of records and the new head atomically (not yet flushed). On `Err`
+    /// nothing was written.
+    pub(crate) fn apply(
         &self,
         batch: &sled::Batch,
         count: u64,
@@ -184,9 +185,13 @@ impl Store {
             .map_err(|e| match e {
                 TransactionError::Storage(e) => self.err(e),
                 TransactionError::Abort(()) => AuditError::Write("transaction aborted".into()),
-            })?;
-        self.db.flush().map_err(|e| self.err(e))?;
-        Ok(())
+            })
+    }
+
+    /// Flushes everything applied so far to sled's file (process-crash safe, see the
+    /// README for power loss).
+    pub(crate) fn flush(&self) -> Result<(), AuditError> {
+        self.db.flush().map(|_| ()).map_err(|e| self.err(e))
     }
 
     /// fsyncs every file sled keeps (its log `db`, `conf`, snapshots and large-value blobs)
