@@ -116,7 +116,7 @@ pub fn run_to(cmd: AuditCommand, out: &mut dyn Write) -> anyhow::Result<ExitCode
                 Some(f) => f,
                 None => reader.len()?.saturating_sub(lines),
             };
-            let mut follow = reader.follow(start);
+            let mut follow = reader.follow(start)?;
             loop {
                 if let Some(r) = follow.next_timeout(Duration::from_secs(1))? {
                     serde_json::to_writer(&mut *out, &ExportLine::of(&r))?;

@@ -5,19 +5,16 @@ use std::path::{Path, PathBuf};
 /// Everything that can go wrong opening, writing or reading an audit log.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
-    #[error("{}: {source}", path.display())]
+    // The cause is part of the message and deliberately not a `#[source]`, so that
+    // printing the error chain (anyhow's `{:#}`) does not say it twice.
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
-    #[error("audit database {}: {source}", path.display())]
-    Db {
-        path: PathBuf,
-        #[source]
-        source: sled::Error,
-    },
+    #[error("audit database {}: {error}", path.display())]
+    Db { path: PathBuf, error: sled::Error },
 
     #[error(
         "audit database {} is in use by another process (sled allows one; is the controller \
@@ -62,7 +59,7 @@ pub enum AuditError {
     TooLarge { size: usize, limit: usize },
 
     #[error("encoding a record: {0}")]
-    Encode(#[source] serde_json::Error),
+    Encode(serde_json::Error),
 
     #[error("writing the audit log failed: {0}")]
     Write(String),
@@ -72,17 +69,17 @@ pub enum AuditError {
 }
 
 impl AuditError {
-    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: &Path, error: std::io::Error) -> Self {
         AuditError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         }
     }
 
-    pub(crate) fn db(path: &Path, source: sled::Error) -> Self {
+    pub(crate) fn db(path: &Path, error: sled::Error) -> Self {
         AuditError::Db {
             path: path.to_path_buf(),
-            source,
+            error,
         }
     }
 }

@@ -26,6 +26,7 @@ mod checkpoint;
 pub mod cli;
 mod error;
 mod export;
+mod feed;
 mod keys;
 mod log;
 mod reader;
@@ -61,6 +62,8 @@ pub mod layout {
     pub const KEY_FILE: &str = "controller.key";
     /// The public key.
     pub const PUBLIC_KEY_FILE: &str = "controller.pub";
+    /// The running controller's live feed (a Unix socket, mode 0600).
+    pub const FEED_SOCKET: &str = "feed.sock";
 }
 
 /// The public key of the log in `dir`, from its `controller.pub` (readable while the

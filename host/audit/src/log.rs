@@ -18,6 +18,7 @@ use serde_json::Value;
 
 use crate::checkpoint::{self, Checkpoint};
 use crate::error::AuditError;
+use crate::feed::Feed;
 use crate::keys;
 use crate::layout;
 use crate::reader::Follow;
@@ -87,6 +88,7 @@ struct Inner {
     origin: Instant,
     records: sled::Tree,
     writer: Mutex<Option<JoinHandle<()>>>,
+    feed: Mutex<Option<Feed>>,
 }
 
 impl AuditLog {
@@ -141,6 +143,16 @@ impl AuditLog {
             .name("modalis-audit-writer".into())
             .spawn(move || writer.run())
             .map_err(|e| AuditError::io(dir, e))?;
+        // The feed is how verify/export/tail read the log while this process holds it. The
+        // log works without it, so a failure to start it (a socket path over the 108-byte
+        // limit, say) is reported and not fatal.
+        let feed = match Feed::start(dir, records.clone()) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::warn!(error = %e, "audit live feed not available");
+                None
+            }
+        };
         tracing::info!(dir = %dir.display(), records = count, "audit log open");
         Ok(AuditLog {
             inner: Arc::new(Inner {
@@ -151,6 +163,7 @@ impl AuditLog {
                 origin: Instant::now(),
                 records,
                 writer: Mutex::new(Some(handle)),
+                feed: Mutex::new(feed),
             }),
         })
     }
@@ -255,6 +268,13 @@ impl AuditLog {
 
 impl Inner {
     fn shutdown(&self) -> Result<(), AuditError> {
+        // Feed connections hold the database open; end them first so that the database is
+        // released when the writer is done.
+        let feed = match self.feed.lock() {
+            Ok(mut guard) => guard.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        drop(feed);
         let handle = match self.writer.lock() {
             Ok(mut guard) => guard.take(),
             // A panic while holding this lock can only have been in another shutdown; the

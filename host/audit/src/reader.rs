@@ -1,36 +1,70 @@
 //! Reading a log back: the chain walk shared by verify and export, and live following.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use crate::error::AuditError;
+use crate::feed::FeedClient;
 use crate::record::{self, ChainHash, Record};
 use crate::store::Store;
 use crate::verify::ProblemKind;
 
-/// Read access to a log that no controller has open (sled allows one process at a time).
+/// One stored entry as read: `(key, value)`, or why it could not be read.
+pub(crate) type RawItem = Result<(Vec<u8>, Vec<u8>), String>;
+
+#[derive(Debug)]
+enum Source {
+    /// The database itself (no controller has it open).
+    Local(Store),
+    /// A running controller's feed (see `feed.rs`).
+    Live(PathBuf),
+}
+
+/// Read access to a log: directly when no controller has it open, otherwise through the
+/// running controller's live feed (sled lets only one process open the database).
 #[derive(Debug)]
 pub struct AuditReader {
-    pub(crate) store: Store,
+    source: Source,
 }
 
 impl AuditReader {
     /// Opens an existing log in `dir`. Fails with [`AuditError::NotFound`] if there is none
-    /// and [`AuditError::Locked`] while a controller has it open.
+    /// and [`AuditError::Locked`] if another process holds it without serving a feed.
     pub fn open(dir: &Path) -> Result<AuditReader, AuditError> {
-        Ok(AuditReader {
-            store: Store::open(dir, false)?,
-        })
+        let source = match Store::open(dir, false) {
+            Ok(store) => Source::Local(store),
+            Err(AuditError::Locked { path }) => {
+                if FeedClient::socket(dir).exists() {
+                    Source::Live(dir.to_path_buf())
+                } else {
+                    return Err(AuditError::Locked { path });
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(AuditReader { source })
     }
 
-    /// The controller id the log belongs to.
+    /// Whether this reads through a running controller's feed.
+    pub fn is_live(&self) -> bool {
+        matches!(self.source, Source::Live(_))
+    }
+
+    /// The controller id stored with the log (unknown through the feed).
     pub fn controller(&self) -> Result<Option<String>, AuditError> {
-        self.store.controller()
+        match &self.source {
+            Source::Local(store) => store.controller(),
+            Source::Live(_) => Ok(None),
+        }
     }
 
-    /// Number of records according to the chain head.
+    /// Number of records: the chain head, or what the controller has written so far.
     pub fn len(&self) -> Result<u64, AuditError> {
-        Ok(self.store.stored_head()?.map_or(0, |(n, _)| n))
+        match &self.source {
+            Source::Local(store) => Ok(store.stored_head()?.map_or(0, |(n, _)| n)),
+            Source::Live(dir) => Ok(FeedClient::connect(dir, u64::MAX, false)?.count),
+        }
     }
 
     /// Whether the log has no records.
@@ -38,34 +72,77 @@ impl AuditReader {
         Ok(self.len()? == 0)
     }
 
+    /// The stored chain head `(count, hash)`; `Ok(None)` when it cannot be read here (through
+    /// the feed, where the controller checked it at start).
+    pub(crate) fn stored_head(&self) -> Result<Option<Option<(u64, ChainHash)>>, AuditError> {
+        match &self.source {
+            Source::Local(store) => Ok(Some(store.stored_head()?)),
+            Source::Live(_) => Ok(None),
+        }
+    }
+
+    /// Every stored entry in key order, unchecked.
+    pub(crate) fn raw(&self) -> Result<Box<dyn Iterator<Item = RawItem> + '_>, AuditError> {
+        match &self.source {
+            Source::Local(store) => Ok(Box::new(store.records.iter().map(|item| {
+                item.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                    .map_err(|e| e.to_string())
+            }))),
+            Source::Live(dir) => {
+                let mut client = FeedClient::connect(dir, 0, false)?;
+                let mut done = false;
+                Ok(Box::new(std::iter::from_fn(move || {
+                    if done {
+                        return None;
+                    }
+                    match client.next_value() {
+                        Ok(Some((seq, v))) => Some(Ok((record::key(seq).to_vec(), v))),
+                        Ok(None) => None,
+                        Err(e) => {
+                            done = true;
+                            Some(Err(e.to_string()))
+                        }
+                    }
+                })))
+            }
+        }
+    }
+
     /// Every record from 0, each checked against the chain; stops at the first bad one.
-    pub fn records(&self) -> impl Iterator<Item = Result<Record, AuditError>> + '_ {
-        ChainWalk::new(&self.store.records).map(|r| {
+    pub fn records(&self) -> Box<dyn Iterator<Item = Result<Record, AuditError>> + '_> {
+        let raw = match self.raw() {
+            Ok(raw) => raw,
+            Err(e) => return Box::new(std::iter::once(Err(e))),
+        };
+        Box::new(ChainWalk::new(raw).map(|r| {
             r.map_err(|(seq, kind)| AuditError::Corrupt {
                 seq,
                 reason: kind.to_string(),
             })
-        })
+        }))
     }
 
     /// Follows the log from `from` (see [`Follow`]).
-    pub fn follow(&self, from: u64) -> Follow {
-        Follow::new(self.store.records.clone(), from)
+    pub fn follow(&self, from: u64) -> Result<Follow, AuditError> {
+        match &self.source {
+            Source::Local(store) => Ok(Follow::new(store.records.clone(), from)),
+            Source::Live(dir) => Follow::live(dir, from),
+        }
     }
 }
 
-/// Walks the records tree from 0, checking density, the chain and each hash.
-pub(crate) struct ChainWalk {
-    iter: sled::Iter,
+/// Walks stored entries from 0, checking density, the chain and each hash.
+pub(crate) struct ChainWalk<'a> {
+    iter: Box<dyn Iterator<Item = RawItem> + 'a>,
     expected: u64,
     prev: ChainHash,
     done: bool,
 }
 
-impl ChainWalk {
-    pub(crate) fn new(records: &sled::Tree) -> Self {
+impl<'a> ChainWalk<'a> {
+    pub(crate) fn new(iter: Box<dyn Iterator<Item = RawItem> + 'a>) -> Self {
         ChainWalk {
-            iter: records.iter(),
+            iter,
             expected: 0,
             prev: ChainHash::GENESIS,
             done: false,
@@ -78,7 +155,7 @@ impl ChainWalk {
     }
 }
 
-impl Iterator for ChainWalk {
+impl Iterator for ChainWalk<'_> {
     type Item = Result<Record, (u64, ProblemKind)>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -88,7 +165,7 @@ impl Iterator for ChainWalk {
         let item = self.iter.next()?;
         let result = (|| {
             let seq = self.expected;
-            let (k, v) = item.map_err(|e| (seq, ProblemKind::Unreadable(e.to_string())))?;
+            let (k, v) = item.map_err(|e| (seq, ProblemKind::Unreadable(e)))?;
             let Some(found) = record::seq_of(&k) else {
                 return Err((seq, ProblemKind::ForeignKey(hex::encode(&k))));
             };
@@ -145,18 +222,60 @@ fn check_one(seq: u64, value: &[u8], prev: &ChainHash) -> Result<Record, (u64, P
 /// A live tail: yields each record as it is appended, checked against the one before.
 #[derive(Debug)]
 pub struct Follow {
-    records: sled::Tree,
+    source: FollowSource,
     next: u64,
     prev: Option<ChainHash>,
+}
+
+#[derive(Debug)]
+enum FollowSource {
+    Local(sled::Tree),
+    /// Values from a controller's feed, read by a thread so that waiting can time out
+    /// without cutting a frame in half.
+    Live(Receiver<Result<(u64, Vec<u8>), AuditError>>),
 }
 
 impl Follow {
     pub(crate) fn new(records: sled::Tree, from: u64) -> Self {
         Follow {
-            records,
+            source: FollowSource::Local(records),
             next: from,
             prev: None,
         }
+    }
+
+    fn live(dir: &Path, from: u64) -> Result<Self, AuditError> {
+        // Ask for the record before `from` too: its hash is what `from` must chain to.
+        let start = from.saturating_sub(1);
+        let mut client = FeedClient::connect(dir, start, true)?;
+        let (tx, rx) = mpsc::sync_channel(1024);
+        std::thread::Builder::new()
+            .name("modalis-audit-follow".into())
+            .spawn(move || {
+                loop {
+                    let item = client
+                        .next_value()
+                        .and_then(|v| v.ok_or(AuditError::Closed));
+                    let stop = item.is_err();
+                    if tx.send(item).is_err() || stop {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| AuditError::io(dir, e))?;
+        let mut follow = Follow {
+            source: FollowSource::Live(rx),
+            next: start,
+            prev: None,
+        };
+        if from > 0 {
+            // Wait for the record before `from`, bounded: it exists unless `from` is past
+            // the end, in which case the chain is checked from the first record that comes.
+            if follow.next_timeout(Duration::from_secs(5))?.is_none() {
+                follow.next = from;
+            }
+        }
+        Ok(follow)
     }
 
     /// Sequence number of the next record this will yield.
@@ -166,56 +285,76 @@ impl Follow {
 
     /// The next record, waiting up to `timeout` for it to be appended.
     pub fn next_timeout(&mut self, timeout: Duration) -> Result<Option<Record>, AuditError> {
-        // Polling is enough for a human-facing tail and, unlike sled's watch_prefix, needs
-        // no care about events that arrive between a read and a subscription.
-        const POLL: Duration = Duration::from_millis(20);
-        let start = Instant::now();
-        let err = |e: sled::Error, seq| AuditError::Corrupt {
-            seq,
-            reason: format!("unreadable: {e}"),
+        let Some((seq, value)) = self.next_value(timeout)? else {
+            return Ok(None);
         };
-        loop {
-            let seq = self.next;
-            if let Some(v) = self
-                .records
-                .get(record::key(seq))
-                .map_err(|e| err(e, seq))?
-            {
-                let prev = match self.prev {
-                    Some(p) => p,
-                    None if seq == 0 => ChainHash::GENESIS,
-                    None => {
-                        let before = self
-                            .records
-                            .get(record::key(seq - 1))
-                            .map_err(|e| err(e, seq - 1))?
-                            .ok_or_else(|| AuditError::Corrupt {
-                                seq: seq - 1,
-                                reason: ProblemKind::Missing { next_present: seq }.to_string(),
-                            })?;
-                        before
-                            .first_chunk::<32>()
-                            .map(|h| ChainHash(*h))
-                            .ok_or_else(|| AuditError::Corrupt {
-                                seq: seq - 1,
-                                reason: "shorter than its hash".into(),
-                            })?
+        let prev = match self.prev {
+            Some(p) => p,
+            None if seq == 0 => ChainHash::GENESIS,
+            None => match &self.source {
+                FollowSource::Local(records) => {
+                    let missing = || AuditError::Corrupt {
+                        seq: seq - 1,
+                        reason: ProblemKind::Missing { next_present: seq }.to_string(),
+                    };
+                    let before = records
+                        .get(record::key(seq - 1))
+                        .map_err(|e| AuditError::Corrupt {
+                            seq: seq - 1,
+                            reason: format!("unreadable: {e}"),
+                        })?
+                        .ok_or_else(missing)?;
+                    before
+                        .first_chunk::<32>()
+                        .map(|h| ChainHash(*h))
+                        .ok_or_else(missing)?
+                }
+                // The first record of a feed tail that starts past the end: nothing to
+                // check its `prev` against here (verify does), so take its own word for it.
+                FollowSource::Live(_) => record::decode(&value)
+                    .map(|r| r.prev)
+                    .map_err(|reason| AuditError::Corrupt { seq, reason })?,
+            },
+        };
+        let record = check_one(seq, &value, &prev).map_err(|(seq, kind)| AuditError::Corrupt {
+            seq,
+            reason: kind.to_string(),
+        })?;
+        self.prev = Some(record.hash);
+        self.next = seq + 1;
+        Ok(Some(record))
+    }
+
+    fn next_value(&mut self, timeout: Duration) -> Result<Option<(u64, Vec<u8>)>, AuditError> {
+        match &self.source {
+            FollowSource::Local(records) => {
+                // Polling is enough for a human-facing tail and, unlike sled's watch_prefix,
+                // needs no care about events that arrive between a read and a subscription.
+                const POLL: Duration = Duration::from_millis(20);
+                let start = Instant::now();
+                let seq = self.next;
+                loop {
+                    let found = records
+                        .get(record::key(seq))
+                        .map_err(|e| AuditError::Corrupt {
+                            seq,
+                            reason: format!("unreadable: {e}"),
+                        })?;
+                    if let Some(v) = found {
+                        return Ok(Some((seq, v.to_vec())));
                     }
-                };
-                let record =
-                    check_one(seq, &v, &prev).map_err(|(seq, kind)| AuditError::Corrupt {
-                        seq,
-                        reason: kind.to_string(),
-                    })?;
-                self.prev = Some(record.hash);
-                self.next += 1;
-                return Ok(Some(record));
+                    let waited = start.elapsed();
+                    if waited >= timeout {
+                        return Ok(None);
+                    }
+                    std::thread::sleep(POLL.min(timeout - waited));
+                }
             }
-            let waited = start.elapsed();
-            if waited >= timeout {
-                return Ok(None);
-            }
-            std::thread::sleep(POLL.min(timeout - waited));
+            FollowSource::Live(rx) => match rx.recv_timeout(timeout) {
+                Ok(item) => item.map(Some),
+                Err(RecvTimeoutError::Timeout) => Ok(None),
+                Err(RecvTimeoutError::Disconnected) => Err(AuditError::Closed),
+            },
         }
     }
 }

@@ -10,8 +10,7 @@ use crate::checkpoint::{self, Checkpoint};
 use crate::error::AuditError;
 use crate::keys;
 use crate::layout;
-use crate::reader::ChainWalk;
-use crate::store::Store;
+use crate::reader::{AuditReader, ChainWalk};
 
 /// Options for [`verify_with`].
 #[derive(Clone, Debug, Default)]
@@ -150,6 +149,9 @@ pub struct VerifyReport {
     /// The checkpoint file ended in a line cut short by a crash (ignored, never signed
     /// anything that was acknowledged).
     pub torn_checkpoint_line: bool,
+    /// Read through a running controller's live feed rather than from the database; the
+    /// stored chain head was not compared (the controller checks it when it starts).
+    pub live: bool,
     /// The first problem; `None` when the log is intact.
     pub problem: Option<Problem>,
 }
@@ -181,6 +183,9 @@ impl fmt::Display for VerifyReport {
             self.controller.as_deref().unwrap_or("unknown")
         )?;
         writeln!(f, "public key: {}", self.public_key)?;
+        if self.live {
+            writeln!(f, "read live through the running controller's feed")?;
+        }
         writeln!(
             f,
             "records: {}, checkpoints: {}, confirmed by the last checkpoint: {}",
@@ -219,12 +224,14 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, AuditError> {
 /// Verifies the log in `dir`. `Err` means it could not be read at all (missing, locked by a
 /// running controller, I/O); a log that reads but is damaged gives `Ok` with a problem.
 pub fn verify_with(dir: &Path, options: &VerifyOptions) -> Result<VerifyReport, AuditError> {
+    let reader = AuditReader::open(dir)?;
     let key = match options.public_key {
         Some(k) => k,
         None => keys::read_public(dir)?,
     };
-    let store = Store::open(dir, false)?;
-    let controller = store.controller()?;
+    let mut controller = reader.controller()?;
+    // Read the checkpoints before the records: through a running controller's feed, a
+    // checkpoint written after this point could cover records the walk has not seen.
     let file = checkpoint::read(&dir.join(layout::CHECKPOINTS_FILE))?;
     let mut report = VerifyReport {
         dir: dir.to_path_buf(),
@@ -234,6 +241,7 @@ pub fn verify_with(dir: &Path, options: &VerifyOptions) -> Result<VerifyReport, 
         checkpoints: 0,
         last_checkpoint: None,
         torn_checkpoint_line: file.torn_tail,
+        live: reader.is_live(),
         problem: None,
     };
 
@@ -292,7 +300,7 @@ pub fn verify_with(dir: &Path, options: &VerifyOptions) -> Result<VerifyReport, 
         next_cp += 1;
     }
 
-    let mut walk = ChainWalk::new(&store.records);
+    let mut walk = ChainWalk::new(reader.raw()?);
     for item in walk.by_ref() {
         let record = match item {
             Ok(r) => r,
@@ -304,9 +312,9 @@ pub fn verify_with(dir: &Path, options: &VerifyOptions) -> Result<VerifyReport, 
                 }));
             }
         };
-        if let Some(c) = controller.as_deref()
-            && c != record.controller
-        {
+        // Through the feed the log's controller id is unknown; the first record names it.
+        let c = controller.get_or_insert_with(|| record.controller.clone());
+        if *c != record.controller {
             report.records = record.seq;
             return Ok(report.fail(Problem {
                 seq: Some(record.seq),
@@ -338,7 +346,12 @@ pub fn verify_with(dir: &Path, options: &VerifyOptions) -> Result<VerifyReport, 
             },
         }));
     }
-    match store.stored_head()? {
+    // Through the feed the chain head cannot be read; the controller checked it at start.
+    let Some(stored_head) = reader.stored_head()? else {
+        report.controller = controller;
+        return Ok(report);
+    };
+    match stored_head {
         Some((n, _)) if n > count => {
             return Ok(report.fail(Problem {
                 seq: Some(count),
@@ -359,6 +372,7 @@ pub fn verify_with(dir: &Path, options: &VerifyOptions) -> Result<VerifyReport, 
         }
         _ => {}
     }
+    report.controller = controller;
     Ok(report)
 }
 

@@ -84,23 +84,41 @@ fn verify_with_a_pinned_public_key() {
 }
 
 #[test]
-fn verify_of_a_missing_or_running_log_is_an_error_not_a_pass() {
+fn verify_of_a_missing_log_is_an_error_not_a_pass() {
     let dir = TempDir::new().expect("tempdir");
     let (code, _) = run(&["verify", "--db", path(&dir.path().join("nope"))]);
-    assert!(code.is_err());
+    let err = code.expect_err("missing");
+    assert!(format!("{err:#}").contains("holds no audit log"), "{err:#}");
+}
 
+#[test]
+fn verify_and_export_of_a_running_log_go_through_its_feed() {
+    let dir = TempDir::new().expect("tempdir");
     let log = AuditLog::open(dir.path(), "clinic-1").expect("open");
-    let (code, _) = run(&["verify", "--db", path(dir.path())]);
-    let err = code.expect_err("locked");
-    assert!(
-        format!("{err:#}").contains("in use by another process"),
-        "{err:#}"
-    );
+    for i in 0..7 {
+        log.append(crate::support::entry(i)).expect("append");
+    }
+    let (code, out) = run(&["verify", "--db", path(dir.path())]);
+    assert_eq!(code.expect("runs"), ExitCode::SUCCESS, "{out}");
+    assert!(out.contains("read live"), "{out}");
+    assert!(out.contains("controller clinic-1"), "{out}");
+    assert!(out.contains("records: 7"), "{out}");
+    assert!(out.contains("unconfirmed: records 0..=6"), "{out}");
+    let (code, out) = run(&["export", "--db", path(dir.path()), "--format", "csv"]);
+    assert_eq!(code.expect("runs"), ExitCode::SUCCESS);
+    assert_eq!(out.lines().count(), 8, "{out}");
     // The public key is readable while the controller runs.
     let (code, out) = run(&["public-key", "--db", path(dir.path())]);
     assert_eq!(code.expect("runs"), ExitCode::SUCCESS);
     assert_eq!(out.trim(), hex::encode(log.public_key().as_bytes()));
     log.close().expect("close");
+    assert!(
+        !dir.path().join(modalis_audit::layout::FEED_SOCKET).exists(),
+        "the socket goes with the controller"
+    );
+    let (code, out) = run(&["verify", "--db", path(dir.path())]);
+    assert_eq!(code.expect("runs"), ExitCode::SUCCESS, "{out}");
+    assert!(!out.contains("read live"), "{out}");
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use modalis_audit::{AuditReader, Event};
+use modalis_audit::{AuditReader, Event, verify};
 use rand::Rng as _;
 use tempfile::TempDir;
 
@@ -22,6 +22,16 @@ struct Acked {
 }
 
 fn run_and_kill(dir: &std::path::Path, after: Duration) -> Acked {
+    run_and_kill_with(dir, after, |_| {})
+}
+
+/// Runs the writer, calls `meanwhile` once it has acknowledged a record, then waits `after`
+/// and kills it.
+fn run_and_kill_with(
+    dir: &std::path::Path,
+    after: Duration,
+    meanwhile: impl FnOnce(&std::path::Path),
+) -> Acked {
     let mut child = Command::new(WRITER)
         .arg(dir)
         .stdout(Stdio::piped())
@@ -42,6 +52,7 @@ fn run_and_kill(dir: &std::path::Path, after: Duration) -> Acked {
     let first = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("the writer acknowledged a record");
+    meanwhile(dir);
     std::thread::sleep(after);
     child.kill().expect("SIGKILL");
     let status = child.wait().expect("wait");
@@ -104,4 +115,33 @@ fn every_acknowledged_record_survives_sigkill() {
         }
     }
     assert!(total_acked > 0);
+}
+
+#[test]
+fn another_process_reads_the_running_log_through_its_feed() {
+    let dir = TempDir::new().expect("tempdir");
+    run_and_kill_with(dir.path(), Duration::from_millis(1), |dir| {
+        // The writer is another process holding sled's lock: everything below goes through
+        // its feed socket.
+        let r = verify(dir).expect("verify a running log");
+        assert!(r.is_ok(), "{r}");
+        assert!(r.live, "{r}");
+        assert!(r.records > 0);
+        assert_eq!(r.controller.as_deref(), Some("crash-test"));
+
+        let reader = AuditReader::open(dir).expect("open");
+        assert!(reader.is_live());
+        let start = reader.len().expect("len");
+        let mut follow = reader.follow(start).expect("follow");
+        for seq in start..start + 50 {
+            let rec = follow
+                .next_timeout(Duration::from_secs(10))
+                .expect("reads")
+                .expect("the writer keeps appending");
+            assert_eq!(rec.seq, seq);
+        }
+    });
+    // After the kill the socket file is stale; readers open the database directly.
+    let r = verify(dir.path()).expect("verify after the crash");
+    assert!(r.is_ok() && !r.live, "{r}");
 }
