@@ -27,6 +27,9 @@ pub enum Command {
     /// Work with plugin files: inspect their manifest, check their conformance.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// The tamper-evident audit log: verify, export, tail, print the public key.
+    #[command(subcommand)]
+    Audit(modalis_audit::cli::AuditCommand),
     /// The end-to-end demo. Until the session runtime lands, it loads every bundled plugin,
     /// runs the conformance checks and prints each plugin's sample plan.
     Demo,
@@ -73,6 +76,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plugin(PluginCommand::Check { file, params }) => {
             check_cmd(&runtime(&cache)?, &file, params.as_deref())
         }
+        Command::Audit(cmd) => modalis_audit::cli::run(cmd),
         Command::Demo => demo(&runtime(&cache)?),
     }
 }

@@ -153,3 +153,20 @@ fn bad_flags_are_usage_errors() {
     assert_eq!(o.status.code(), Some(2), "clap's usage exit code");
     assert!(String::from_utf8_lossy(&o.stderr).contains("<FILE>"));
 }
+
+#[test]
+fn audit_verify_is_mounted_and_checks_a_real_log() {
+    use modalis_audit::{Actor, AuditLog, Entry, Event};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("audit");
+    let log = AuditLog::open(&db, "ctrl-test").expect("open log");
+    for i in 0..5 {
+        log.append(Entry::new(Actor::Controller, Event::Command { command_id: format!("c{i}") })).expect("append");
+    }
+    log.close().expect("close");
+    let o = modalis(&["audit", "verify", "--db", &db.display().to_string()]);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), String::from_utf8_lossy(&o.stderr));
+    let o = modalis(&["audit", "verify", "--db", &dir.path().join("nothing").display().to_string()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("holds no audit log"));
+}
