@@ -1,6 +1,6 @@
 //! A native test harness: unit-test a plugin's logic with plain `cargo test`, no host needed.
 //!
-//! ```ignore
+//! ```text
 //! #[test]
 //! fn sample_plans_and_conforms() {
 //!     let h = Harness::<MyPlugin>::new();
@@ -8,6 +8,8 @@
 //!     h.assert_conforms(&plan);
 //! }
 //! ```
+//!
+//! The crate-level example shows the same thing end to end, as a doctest that runs.
 
 use std::marker::PhantomData;
 

@@ -6,16 +6,57 @@
 //! A plugin is an ordinary Rust type implementing [`ModalityPlugin`], exported with one call of
 //! [`export_plugin!`], built for `wasm32-wasip2`:
 //!
-//! ```ignore
+//! ```
 //! use modalis_sdk::prelude::*;
 //!
 //! /// Parameters; doc comments become the JSON Schema's descriptions.
 //! #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-//! pub struct Params { /* ... */ }
+//! pub struct Params {
+//!     /// Where the pad goes, e.g. "foot_dorsum:left".
+//!     pub site: BodySite,
+//!     /// Skin temperature to hold.
+//!     pub target_temp_c: f64,
+//! }
 //!
-//! pub struct MyPlugin;
-//! impl ModalityPlugin for MyPlugin { /* info, sample_params, validate, plan */ }
-//! export_plugin!(MyPlugin);
+//! pub struct MyHeat;
+//!
+//! impl ModalityPlugin for MyHeat {
+//!     type Params = Params;
+//!     fn info() -> PluginInfo {
+//!         PluginInfo {
+//!             id: "my-heat",
+//!             name: "My heat pad",
+//!             version: "1.0.0",
+//!             vendor: "ACME",
+//!             modality: ModalityKind::InfraredHeat,
+//!             channels: vec![ChannelInfo::new("pad", ChannelKind::Heat, "heat pad")],
+//!         }
+//!     }
+//!     fn sample_params() -> Params {
+//!         Params { site: BodySite::region(BodyRegion::FootDorsum, Side::Left), target_temp_c: 39.0 }
+//!     }
+//!     fn plan(p: &Params, _: &Patient) -> Result<SessionPlan, PlanError> {
+//!         Ok(SessionPlan {
+//!             steps: vec![PlanStep {
+//!                 offset_ms: 0,
+//!                 duration_ms: 30 * 60_000,
+//!                 channel: "pad".into(),
+//!                 site: p.site.clone(),
+//!                 setpoint: Setpoint::Heat(HeatSetpoint { target_temp_c: p.target_temp_c, power_limit_w: 5.0 }),
+//!                 label: "hold".into(),
+//!             }],
+//!             notes: vec![],
+//!         })
+//!     }
+//! }
+//!
+//! export_plugin!(MyHeat);
+//!
+//! // The same plugin, unit-tested natively:
+//! let h = Harness::<MyHeat>::new();
+//! let plan = h.plan_sample(&Patient::default()).expect("plans");
+//! h.assert_conforms(&plan);
+//! assert!(h.validate(r#"{"site": "nowhere:left", "target_temp_c": 39}"#).is_err());
 //! ```
 //!
 //! * [`types`]: manifests, plans, setpoints (units in the field names), telemetry.

@@ -3,3 +3,4 @@
 mod cli;
 mod first_party;
 mod runtime;
+mod schemas;
