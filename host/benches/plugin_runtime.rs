@@ -46,9 +46,14 @@ fn us(d: Duration) -> f64 {
 }
 
 fn row(name: &str, s: &Stats, target_us: Option<f64>, native: Option<&Stats>) {
-    let ratio = native.map(|n| format!("{:>8.1}x", us(s.median) / us(n.median).max(1e-3))).unwrap_or_else(|| format!("{:>9}", "-"));
+    let ratio = native
+        .map(|n| format!("{:>8.1}x", us(s.median) / us(n.median).max(1e-3)))
+        .unwrap_or_else(|| format!("{:>9}", "-"));
     let target = match target_us {
-        Some(t) => format!("<= {t:>7.1} us {}", if us(s.median) <= t { "met" } else { "MISSED" }),
+        Some(t) => format!(
+            "<= {t:>7.1} us {}",
+            if us(s.median) <= t { "met" } else { "MISSED" }
+        ),
         None => String::from("-"),
     };
     println!(
@@ -66,7 +71,10 @@ fn main() {
     let tens = std::fs::read(artifacts::TENS).expect("tens wasm");
 
     println!("modalis plugin runtime benchmark (medians; ratio = sandboxed / native)");
-    println!("{:<34} {:>13}  {:>28}  {:>9}  target", "measurement", "median", "spread", "ratio");
+    println!(
+        "{:<34} {:>13}  {:>28}  {:>9}  target",
+        "measurement", "median", "spread", "ratio"
+    );
 
     let cold = measure(10, || {
         let d = tempfile::tempdir().expect("tempdir");
@@ -98,26 +106,46 @@ fn main() {
     let describe = measure(2000, || {
         black_box(p.describe().expect("describe"));
     });
-    row("instantiate + describe", &describe, None, Some(&native_describe));
+    row(
+        "instantiate + describe",
+        &describe,
+        None,
+        Some(&native_describe),
+    );
     row("  native describe", &native_describe, None, None);
 
     let native_plan = measure(5000, || {
-        black_box(modalis_sdk::plugin::plan_json::<modalis_plugin_tens::Tens>(&params, &patient).expect("plan"));
+        black_box(
+            modalis_sdk::plugin::plan_json::<modalis_plugin_tens::Tens>(&params, &patient)
+                .expect("plan"),
+        );
     });
     let plan = measure(5000, || {
         black_box(p.plan(&params, &patient).expect("no trap").expect("plan"));
     });
-    row("instantiate + plan (TENS sample)", &plan, Some(25.0), Some(&native_plan));
+    row(
+        "instantiate + plan (TENS sample)",
+        &plan,
+        Some(25.0),
+        Some(&native_plan),
+    );
     row("  native plan", &native_plan, None, None);
     let schema = measure(5000, || {
         black_box(p.schema_check(&params).is_ok());
     });
     row("  of which host JSON-Schema check", &schema, None, None);
 
-    let mut heat = rt.load_file(Path::new(artifacts::INFRARED_HEAT)).expect("load heat");
+    let mut heat = rt
+        .load_file(Path::new(artifacts::INFRARED_HEAT))
+        .expect("load heat");
     let hp = heat.manifest().sample_params.clone();
     let heat_plan = heat.plan(&hp, &patient).expect("no trap").expect("plan");
-    let step = heat_plan.steps.iter().find(|s| s.setpoint.is_energy()).expect("a heat step").clone();
+    let step = heat_plan
+        .steps
+        .iter()
+        .find(|s| s.setpoint.is_energy())
+        .expect("a heat step")
+        .clone();
     let sample = TelemetrySample {
         channel: step.channel.clone(),
         elapsed_ms: step.offset_ms + 1000,
@@ -125,12 +153,20 @@ fn main() {
     };
     use modalis_sdk::ModalityPlugin as _;
     let native_tel = measure(20000, || {
-        black_box(modalis_plugin_infrared_heat::InfraredHeat::on_telemetry(&step, &sample));
+        black_box(modalis_plugin_infrared_heat::InfraredHeat::on_telemetry(
+            &step, &sample,
+        ));
     });
-    heat.on_telemetry(&step, &sample).expect("warm up the instance");
+    heat.on_telemetry(&step, &sample)
+        .expect("warm up the instance");
     let tel = measure(20000, || {
         black_box(heat.on_telemetry(&step, &sample).expect("telemetry"));
     });
-    row("warm on-telemetry (infrared heat)", &tel, Some(1.0), Some(&native_tel));
+    row(
+        "warm on-telemetry (infrared heat)",
+        &tel,
+        Some(1.0),
+        Some(&native_tel),
+    );
     row("  native on-telemetry", &native_tel, None, None);
 }

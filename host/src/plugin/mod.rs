@@ -496,7 +496,7 @@ impl PluginRuntime {
             .map(|(n, _)| n.to_string())
             .collect();
         let wanted = format!("{PLUGIN_INTERFACE}@{CONTRACT_VERSION}");
-        if exports.iter().any(|e| *e == wanted) {
+        if exports.contains(&wanted) {
             return Ok(());
         }
         if let Some(other) = exports.iter().find(|e| e.starts_with(PLUGIN_INTERFACE)) {

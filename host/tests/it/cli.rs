@@ -161,12 +161,28 @@ fn audit_verify_is_mounted_and_checks_a_real_log() {
     let db = dir.path().join("audit");
     let log = AuditLog::open(&db, "ctrl-test").expect("open log");
     for i in 0..5 {
-        log.append(Entry::new(Actor::Controller, Event::Command { command_id: format!("c{i}") })).expect("append");
+        log.append(Entry::new(
+            Actor::Controller,
+            Event::Command {
+                command_id: format!("c{i}"),
+            },
+        ))
+        .expect("append");
     }
     log.close().expect("close");
     let o = modalis(&["audit", "verify", "--db", &db.display().to_string()]);
-    assert!(o.status.success(), "{}\n{}", stdout(&o), String::from_utf8_lossy(&o.stderr));
-    let o = modalis(&["audit", "verify", "--db", &dir.path().join("nothing").display().to_string()]);
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        stdout(&o),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = modalis(&[
+        "audit",
+        "verify",
+        "--db",
+        &dir.path().join("nothing").display().to_string(),
+    ]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("holds no audit log"));
 }
