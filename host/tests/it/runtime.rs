@@ -396,3 +396,32 @@ fn closed_loop_calls_reuse_a_warm_instance() {
     let second = p.last_call().expect("stats");
     assert!(second.fuel_used <= first.fuel_used);
 }
+
+#[test]
+fn with_fuel_to_spare_the_wall_clock_deadline_stops_an_endless_plan() {
+    let mut cfg = RuntimeConfig::for_tests(shared_cache());
+    cfg.limits.fuel_per_call = u64::MAX / 4;
+    cfg.limits.deadline = Duration::from_millis(30);
+    let rt = PluginRuntime::new(cfg).expect("runtime");
+    let mut p = load(&rt, artifacts::HOSTILE_SPIN);
+    let t = Instant::now();
+    let e = p.plan("{}", &Patient::default()).expect_err("stopped");
+    assert!(
+        matches!(
+            e,
+            PluginError::Deadline {
+                deadline_ms: 30,
+                call: "plan",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("stopped at its deadline of 30 ms"),
+        "{e}"
+    );
+    // Generous: the point is that a deadline fires at all, not its precision.
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    p.describe().expect("a fresh instance serves the next call");
+}
