@@ -733,40 +733,7 @@ mod tests {
     /// comment), and unknown fields are refused.
     #[test]
     fn every_parameter_has_a_schema_description() {
-        fn walk(v: &serde_json::Value, path: &str, missing: &mut Vec<String>) {
-            match v {
-                serde_json::Value::Object(m) => {
-                    if let Some(serde_json::Value::Object(props)) = m.get("properties") {
-                        for (k, p) in props {
-                            if p.get("description").is_none() {
-                                missing.push(format!("{path}/properties/{k}"));
-                            }
-                        }
-                    }
-                    for (k, c) in m {
-                        walk(c, &format!("{path}/{k}"), missing);
-                    }
-                }
-                serde_json::Value::Array(a) => {
-                    for (i, c) in a.iter().enumerate() {
-                        walk(c, &format!("{path}/{i}"), missing);
-                    }
-                }
-                _ => {}
-            }
-        }
-        let schema: serde_json::Value =
-            serde_json::from_str(&h().describe().params_schema).expect("schema is JSON");
-        let mut missing = Vec::new();
-        walk(&schema, "", &mut missing);
-        assert!(
-            missing.is_empty(),
-            "fields without a description: {missing:?}"
-        );
-        assert_eq!(
-            schema.get("additionalProperties"),
-            Some(&serde_json::Value::Bool(false))
-        );
+        h().assert_params_documented();
     }
 
     #[test]
@@ -777,14 +744,10 @@ mod tests {
 
     #[test]
     fn example_params_file_validates_and_plans() {
-        let json = std::fs::read_to_string(concat!(
+        h().assert_example_file(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../../examples/params/laser-acupuncture.json"
-        ))
-        .expect("examples/params/laser-acupuncture.json exists");
-        h().validate(&json).expect("example validates");
-        let plan = h().plan(&json, &Patient::default()).expect("example plans");
-        h().assert_conforms(&plan);
+        ));
     }
 
     #[test]

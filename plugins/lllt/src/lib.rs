@@ -540,6 +540,16 @@ mod tests {
             .collect()
     }
 
+    /// Panics unless one of the plan's notes contains `needle`.
+    #[track_caller]
+    fn assert_note(plan: &SessionPlan, needle: &str) {
+        assert!(
+            plan.notes.iter().any(|n| n.contains(needle)),
+            "no note contains {needle:?}: {:?}",
+            plan.notes
+        );
+    }
+
     fn sites_params() -> LlltParams {
         LlltParams {
             sites: vec![
@@ -664,39 +674,20 @@ mod tests {
             plan.notes
         );
 
-        let mut p = sites_params();
-        p.dose_j_per_point = Some(12.0);
-        let plan = plan_of(&p);
-        assert!(
-            plan.notes
-                .iter()
-                .any(|n| n.contains("outside the usual 1-8 J")),
-            "{:?}",
-            plan.notes
-        );
+        for dose in [12.0, 0.5] {
+            let p = LlltParams {
+                dose_j_per_point: Some(dose),
+                ..sites_params()
+            };
+            assert_note(&plan_of(&p), "outside the usual 1-8 J");
+        }
 
-        let mut p = sites_params();
-        p.dose_j_per_point = Some(0.5);
-        let plan = plan_of(&p);
-        assert!(
-            plan.notes
-                .iter()
-                .any(|n| n.contains("outside the usual 1-8 J")),
-            "{:?}",
-            plan.notes
-        );
-
-        let mut p = sites_params();
-        p.beam_area_cm2 = 1.0; // 150 mW on 1 cm2
-        p.power_mw = 150.0;
-        let plan = plan_of(&p);
-        assert!(
-            plan.notes
-                .iter()
-                .any(|n| n.contains("above the 100 mW/cm2")),
-            "{:?}",
-            plan.notes
-        );
+        let p = LlltParams {
+            beam_area_cm2: 1.0, // 150 mW on 1 cm2
+            power_mw: 150.0,
+            ..sites_params()
+        };
+        assert_note(&plan_of(&p), "above the 100 mW/cm2");
     }
 
     #[test]
@@ -711,13 +702,7 @@ mod tests {
         };
         let json = serde_json::to_string(&p).expect("serialise");
         let plan = h().plan(&json, &patient).expect("plans");
-        assert!(
-            plan.notes
-                .iter()
-                .any(|n| n.contains("Absent sensation at foot_dorsum:left")),
-            "{:?}",
-            plan.notes
-        );
+        assert_note(&plan, "Absent sensation at foot_dorsum:left");
     }
 
     #[test]
@@ -794,40 +779,7 @@ mod tests {
     /// comment), and unknown fields are refused.
     #[test]
     fn every_parameter_has_a_schema_description() {
-        fn walk(v: &serde_json::Value, path: &str, missing: &mut Vec<String>) {
-            match v {
-                serde_json::Value::Object(m) => {
-                    if let Some(serde_json::Value::Object(props)) = m.get("properties") {
-                        for (k, p) in props {
-                            if p.get("description").is_none() {
-                                missing.push(format!("{path}/properties/{k}"));
-                            }
-                        }
-                    }
-                    for (k, c) in m {
-                        walk(c, &format!("{path}/{k}"), missing);
-                    }
-                }
-                serde_json::Value::Array(a) => {
-                    for (i, c) in a.iter().enumerate() {
-                        walk(c, &format!("{path}/{i}"), missing);
-                    }
-                }
-                _ => {}
-            }
-        }
-        let schema: serde_json::Value =
-            serde_json::from_str(&h().describe().params_schema).expect("schema is JSON");
-        let mut missing = Vec::new();
-        walk(&schema, "", &mut missing);
-        assert!(
-            missing.is_empty(),
-            "fields without a description: {missing:?}"
-        );
-        assert_eq!(
-            schema.get("additionalProperties"),
-            Some(&serde_json::Value::Bool(false))
-        );
+        h().assert_params_documented();
     }
 
     #[test]
@@ -840,14 +792,10 @@ mod tests {
 
     #[test]
     fn example_params_file_validates_and_plans() {
-        let json = std::fs::read_to_string(concat!(
+        h().assert_example_file(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../../examples/params/lllt.json"
-        ))
-        .expect("examples/params/lllt.json exists");
-        h().validate(&json).expect("example validates");
-        let plan = h().plan(&json, &Patient::default()).expect("example plans");
-        h().assert_conforms(&plan);
+        ));
     }
 
     #[test]
@@ -865,12 +813,7 @@ mod tests {
     /// parameters.)
     #[test]
     fn protocol_file_names_all_five_plugins_and_valid_references() {
-        let text = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../examples/protocols/dpn-combined.toml"
-        ))
-        .expect("examples/protocols/dpn-combined.toml exists");
-        let doc: toml::Value = toml::from_str(&text).expect("protocol is TOML");
+        let doc = protocol();
         let blocks = doc
             .get("block")
             .and_then(toml::Value::as_array)
@@ -947,14 +890,19 @@ mod tests {
         }
     }
 
-    /// The `[block.params]` of every block of `plugin` in the example combined protocol, as JSON.
-    fn protocol_blocks(plugin: &str) -> Vec<String> {
+    /// The example combined protocol, parsed.
+    fn protocol() -> toml::Value {
         let text = std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../../examples/protocols/dpn-combined.toml"
         ))
         .expect("examples/protocols/dpn-combined.toml exists");
-        let doc: toml::Value = toml::from_str(&text).expect("protocol is TOML");
+        toml::from_str(&text).expect("protocol is TOML")
+    }
+
+    /// The `[block.params]` of every block of `plugin` in the example combined protocol, as JSON.
+    fn protocol_blocks(plugin: &str) -> Vec<String> {
+        let doc = protocol();
         let blocks = doc
             .get("block")
             .and_then(toml::Value::as_array)

@@ -577,6 +577,33 @@ mod tests {
         h().plan(&json, &Patient::default()).expect("plans")
     }
 
+    fn errors(p: &TensParams) -> Vec<FieldError> {
+        let json = serde_json::to_string(p).expect("params serialise");
+        h().validate(&json).expect_err("invalid")
+    }
+
+    /// The sample parameters in `mode` at `frequency_hz` and `pulse_width_us`.
+    fn in_mode(mode: TensMode, frequency_hz: f64, pulse_width_us: f64) -> TensParams {
+        TensParams {
+            mode,
+            frequency_hz,
+            pulse_width_us,
+            ..params()
+        }
+    }
+
+    /// `field` of the setpoint of every ch1 step whose label starts with `label`, in order.
+    fn ch1(plan: &SessionPlan, label: &str, field: fn(&ElectricalSetpoint) -> f64) -> Vec<f64> {
+        plan.steps
+            .iter()
+            .filter(|s| s.channel == "ch1" && s.label.starts_with(label))
+            .map(|s| match &s.setpoint {
+                Setpoint::Electrical(e) => field(e),
+                other => panic!("unexpected setpoint {other:?}"),
+            })
+            .collect()
+    }
+
     #[test]
     fn sample_plans_and_conforms() {
         let plan = h().plan_sample(&Patient::default()).expect("sample plans");
@@ -587,14 +614,7 @@ mod tests {
     fn ramps_up_from_near_zero_and_holds_the_target() {
         let p = params();
         let plan = plan(&p);
-        let ch1: Vec<&PlanStep> = plan.steps.iter().filter(|s| s.channel == "ch1").collect();
-        let amps: Vec<f64> = ch1
-            .iter()
-            .map(|s| match s.setpoint {
-                Setpoint::Electrical(e) => e.amplitude_ma,
-                _ => f64::NAN,
-            })
-            .collect();
+        let amps = ch1(&plan, "", |e| e.amplitude_ma);
         // 60 s ramp in 5 s steps: 12 steps, the first at 1/12 of 25 mA.
         assert_eq!(amps[0], round_ma(25.0 / 12.0));
         assert!(
@@ -604,7 +624,8 @@ mod tests {
         assert_eq!(amps[12], 25.0);
         // Session length is exactly 30 minutes, contiguous, no gaps.
         assert_eq!(plan.duration_ms(), 30 * 60_000);
-        for w in ch1.windows(2) {
+        let steps: Vec<&PlanStep> = plan.steps.iter().filter(|s| s.channel == "ch1").collect();
+        for w in steps.windows(2) {
             assert_eq!(w[0].end_ms(), w[1].offset_ms);
         }
         // Ramp down ends below the target.
@@ -637,30 +658,14 @@ mod tests {
 
     #[test]
     fn burst_mode_carries_burst_fields() {
-        let mut p = params();
-        p.mode = TensMode::Burst;
-        p.frequency_hz = 100.0;
-        p.pulse_width_us = 200.0;
-        let plan = plan(&p);
+        let plan = plan(&in_mode(TensMode::Burst, 100.0, 200.0));
         assert!(plan.steps.iter().all(|s| matches!(s.setpoint, Setpoint::Electrical(e) if e.burst_pulses == 7 && e.burst_rate_hz == 2.0)));
     }
 
     #[test]
     fn modulated_mode_alternates_frequency() {
-        let mut p = params();
-        p.mode = TensMode::Modulated;
-        p.frequency_hz = 80.0;
-        p.pulse_width_us = 100.0;
-        let plan = plan(&p);
-        let freqs: Vec<f64> = plan
-            .steps
-            .iter()
-            .filter(|s| s.channel == "ch1" && s.label.starts_with("hold"))
-            .map(|s| match s.setpoint {
-                Setpoint::Electrical(e) => e.frequency_hz,
-                _ => 0.0,
-            })
-            .collect();
+        let plan = plan(&in_mode(TensMode::Modulated, 80.0, 100.0));
+        let freqs = ch1(&plan, "hold", |e| e.frequency_hz);
         assert!(freqs.len() > 10);
         assert_eq!(&freqs[..2], &[80.0, 40.0]);
     }
@@ -672,8 +677,7 @@ mod tests {
         p.electrodes[0].site = BodySite::region(BodyRegion::AnteriorNeck, Side::Midline);
         p.pulse_width_us = 400.0;
         p.waveform = Waveform::Monophasic;
-        let json = serde_json::to_string(&p).expect("serialise");
-        let errs = h().validate(&json).expect_err("invalid");
+        let errs = errors(&p);
         let pointers: Vec<&str> = errs.iter().map(|e| e.pointer.as_str()).collect();
         assert!(pointers.contains(&"/electrodes/1/channel"), "{pointers:?}");
         assert!(pointers.contains(&"/electrodes/0/site"), "{pointers:?}");
@@ -695,40 +699,7 @@ mod tests {
     /// comment), and unknown fields are refused.
     #[test]
     fn every_parameter_has_a_schema_description() {
-        fn walk(v: &serde_json::Value, path: &str, missing: &mut Vec<String>) {
-            match v {
-                serde_json::Value::Object(m) => {
-                    if let Some(serde_json::Value::Object(props)) = m.get("properties") {
-                        for (k, p) in props {
-                            if p.get("description").is_none() {
-                                missing.push(format!("{path}/properties/{k}"));
-                            }
-                        }
-                    }
-                    for (k, c) in m {
-                        walk(c, &format!("{path}/{k}"), missing);
-                    }
-                }
-                serde_json::Value::Array(a) => {
-                    for (i, c) in a.iter().enumerate() {
-                        walk(c, &format!("{path}/{i}"), missing);
-                    }
-                }
-                _ => {}
-            }
-        }
-        let schema: serde_json::Value =
-            serde_json::from_str(&h().describe().params_schema).expect("schema is JSON");
-        let mut missing = Vec::new();
-        walk(&schema, "", &mut missing);
-        assert!(
-            missing.is_empty(),
-            "fields without a description: {missing:?}"
-        );
-        assert_eq!(
-            schema.get("additionalProperties"),
-            Some(&serde_json::Value::Bool(false))
-        );
+        h().assert_params_documented();
     }
 
     #[test]
@@ -758,30 +729,17 @@ mod tests {
 
     #[test]
     fn ramp_down_never_reaches_the_target_and_ends_the_session() {
-        let plan = plan(&params());
-        let down: Vec<f64> = plan
-            .steps
-            .iter()
-            .filter(|s| s.channel == "ch1" && s.label.starts_with("ramp down"))
-            .map(|s| match s.setpoint {
-                Setpoint::Electrical(e) => e.amplitude_ma,
-                _ => f64::NAN,
-            })
-            .collect();
+        let down = ch1(&plan(&params()), "ramp down", |e| e.amplitude_ma);
         // 20 s in 5 s steps: 4/5, 3/5, 2/5, 1/5 of 25 mA.
         assert_eq!(down, [20.0, 15.0, 10.0, 5.0]);
     }
 
     #[test]
     fn burst_must_fit_between_bursts() {
-        let mut p = params();
-        p.mode = TensMode::Burst;
-        p.frequency_hz = 50.0;
-        p.pulse_width_us = 200.0;
+        let mut p = in_mode(TensMode::Burst, 50.0, 200.0);
         p.burst_pulses = 20; // 400 ms of pulses
         p.burst_rate_hz = 4.0; // every 250 ms
-        let json = serde_json::to_string(&p).expect("serialise");
-        let errs = h().validate(&json).expect_err("bursts overlap");
+        let errs = errors(&p);
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert_eq!(errs[0].pointer, "/burst_pulses");
         assert!(errs[0].message.contains("between bursts"), "{errs:?}");
@@ -793,13 +751,7 @@ mod tests {
         p.mode = TensMode::Modulated;
         p.frequency_hz = 3.0;
         p.modulation_period_s = 0;
-        let json = serde_json::to_string(&p).expect("serialise");
-        let ptrs: Vec<String> = h()
-            .validate(&json)
-            .expect_err("invalid")
-            .into_iter()
-            .map(|e| e.pointer)
-            .collect();
+        let ptrs: Vec<String> = errors(&p).into_iter().map(|e| e.pointer).collect();
         assert_eq!(ptrs, ["/frequency_hz", "/modulation_period_s"]);
     }
 
@@ -887,14 +839,10 @@ mod tests {
 
     #[test]
     fn example_params_file_validates_and_plans() {
-        let json = std::fs::read_to_string(concat!(
+        h().assert_example_file(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../../examples/params/tens.json"
-        ))
-        .expect("examples/params/tens.json exists");
-        h().validate(&json).expect("example validates");
-        let plan = h().plan(&json, &Patient::default()).expect("example plans");
-        h().assert_conforms(&plan);
+        ));
     }
 
     #[test]
