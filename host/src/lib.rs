@@ -4,6 +4,9 @@
 //! The safety governor lives in the `modalis-governor` crate and the audit log in
 //! `modalis-audit`; see ARCHITECTURE.md for the map.
 
+pub mod broker;
+pub mod bus;
 pub mod cli;
 pub mod plugin;
 pub mod session;
+pub mod sim;

@@ -1,6 +1,8 @@
 //! The host's integration tests: one binary (matklad's "delete cargo integration tests").
 
+mod bus;
 mod cli;
 mod first_party;
 mod runtime;
 mod schemas;
+mod sim;

@@ -1,0 +1,168 @@
+//! The embedded MQTT broker (rumqttd, in-process) for the single-machine default and tests.
+//!
+//! **For one machine and tests only, never for a clinic network.** rumqttd has no ACL (any
+//! client may publish commands to any device), this setup has no authentication, and rumqttd
+//! has no clean shutdown: the broker's threads live until the process ends. For anything that
+//! leaves the machine, run mosquitto with a password file and an ACL and pass
+//! `--broker mqtt://host:port` (design brief, "Brokers").
+//!
+//! What this module guarantees: the broker listens on 127.0.0.1 only (rumqttd's sample
+//! configuration binds 0.0.0.0), on a port the OS picked, speaking MQTT v5; rumqttd's HTTP
+//! console (port 3030 in its samples), Prometheus exporter, bridge and cluster are off.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::Duration;
+
+use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
+
+/// Largest MQTT payload the embedded broker accepts, bytes: room for a dose report.
+pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+
+/// How long [`EmbeddedBroker::start`] waits for the listener.
+const READY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the embedded broker did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The OS gave no free port on 127.0.0.1.
+    #[error("no free port on 127.0.0.1 for the embedded broker: {0}")]
+    NoPort(#[source] std::io::Error),
+    /// The broker thread could not be spawned.
+    #[error("cannot spawn the embedded broker's thread: {0}")]
+    Spawn(#[source] std::io::Error),
+    /// The broker did not accept connections in time.
+    #[error(
+        "the embedded broker did not listen on {addr} within {waited_ms} ms (after {attempts} attempt(s); see the log for rumqttd's error)"
+    )]
+    NotListening {
+        /// The address tried last.
+        addr: SocketAddr,
+        /// How long it waited on the last attempt.
+        waited_ms: u64,
+        /// Ports tried.
+        attempts: u32,
+    },
+}
+
+/// A running embedded broker. Dropping it does not stop the broker (rumqttd cannot stop); it
+/// lives until the process ends.
+#[derive(Debug)]
+pub struct EmbeddedBroker {
+    addr: SocketAddr,
+}
+
+impl EmbeddedBroker {
+    /// Starts a broker on 127.0.0.1 and a free port, and returns once it accepts connections.
+    pub async fn start() -> Result<EmbeddedBroker, BrokerError> {
+        // The port is asked of the OS and released for rumqttd to bind, so another process
+        // may take it in between; a failed start is retried on a new port.
+        const ATTEMPTS: u32 = 3;
+        let mut last = None;
+        for attempt in 1..=ATTEMPTS {
+            let addr = free_port()?;
+            let thread = spawn(addr)?;
+            match wait_listening(addr, &thread).await {
+                Ok(()) => {
+                    tracing::info!(%addr, "embedded MQTT broker listening (127.0.0.1 only, no ACL)");
+                    return Ok(EmbeddedBroker { addr });
+                }
+                Err(waited) => {
+                    tracing::warn!(%addr, attempt, "embedded MQTT broker did not start");
+                    last = Some((addr, waited));
+                }
+            }
+        }
+        let (addr, waited) = last.unwrap_or((
+            SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)),
+            Duration::ZERO,
+        ));
+        Err(BrokerError::NotListening {
+            addr,
+            waited_ms: u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+            attempts: ATTEMPTS,
+        })
+    }
+
+    /// The listening address (always 127.0.0.1).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `mqtt://127.0.0.1:<port>`, for [`crate::bus::BusConfig::new`].
+    pub fn url(&self) -> String {
+        format!("mqtt://{}", self.addr)
+    }
+}
+
+fn free_port() -> Result<SocketAddr, BrokerError> {
+    let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(BrokerError::NoPort)?;
+    l.local_addr().map_err(BrokerError::NoPort)
+}
+
+fn config(addr: SocketAddr) -> Config {
+    let server = ServerSettings {
+        name: "modalis-v5".to_string(),
+        listen: addr,
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections: ConnectionSettings {
+            connection_timeout_ms: 10_000,
+            max_payload_size: MAX_PAYLOAD_BYTES,
+            max_inflight_count: 100,
+            auth: None,
+            external_auth: None,
+            dynamic_filters: true,
+        },
+    };
+    Config {
+        id: 0,
+        router: RouterConfig {
+            max_connections: 1000,
+            max_outgoing_packet_count: 200,
+            // The router keeps a commit log per filter in memory, segment by segment.
+            max_segment_size: 10 * 1024 * 1024,
+            max_segment_count: 10,
+            ..RouterConfig::default()
+        },
+        v4: None,
+        v5: Some(HashMap::from([("1".to_string(), server)])),
+        ws: None,
+        cluster: None,
+        console: None,
+        bridge: None,
+        prometheus: None,
+        metrics: None,
+    }
+}
+
+fn spawn(addr: SocketAddr) -> Result<std::thread::JoinHandle<()>, BrokerError> {
+    let cfg = config(addr);
+    std::thread::Builder::new()
+        .name("rumqttd".to_string())
+        .spawn(move || {
+            let mut broker = Broker::new(cfg);
+            // start() returns only when every listener thread has ended (a failed bind, say).
+            if let Err(e) = broker.start() {
+                tracing::error!(error = %e, "embedded MQTT broker failed");
+            }
+        })
+        .map_err(BrokerError::Spawn)
+}
+
+async fn wait_listening(
+    addr: SocketAddr,
+    thread: &std::thread::JoinHandle<()>,
+) -> Result<(), Duration> {
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < READY_TIMEOUT {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        if thread.is_finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Err(started.elapsed())
+}

@@ -1,0 +1,674 @@
+//! The wire contract: the JSON payload of every topic (see [`super::topics`]), and decoding of
+//! inbound messages with errors that name the topic and the field.
+//!
+//! Conventions, Sparkplug-like but in our own JSON namespace:
+//! - every message carries `seq` (per publisher, increasing by one per message, so gaps and
+//!   reordering are visible) and `ts_ms` (the publisher's wall clock, Unix milliseconds; clocks
+//!   differ between machines, so nothing safety-related is computed from another machine's
+//!   `ts_ms`: leases are relative durations);
+//! - units are in the field names;
+//! - payloads are strict: unknown fields are refused, so a typo in a device's firmware shows
+//!   up as a rejected message rather than a silently ignored reading.
+
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use modalis_sdk::{Measurement, Setpoint};
+
+use super::topics::{Topic, TopicError, Topics, check_id};
+
+/// Milliseconds since the Unix epoch on this machine's wall clock (0 if the clock is before
+/// 1970, which only a broken clock is).
+pub fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The `seq` and `ts_ms` of one outgoing message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    /// Sequence number.
+    pub seq: u64,
+    /// Wall clock, Unix ms.
+    pub ts_ms: u64,
+}
+
+/// Hands out `seq` numbers for one publisher (1, 2, 3, ...) with the time.
+#[derive(Debug, Default)]
+pub struct Sequencer {
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Sequencer {
+    /// A sequencer whose first number is 1.
+    pub fn new() -> Sequencer {
+        Sequencer::default()
+    }
+
+    /// The next stamp.
+    pub fn next(&self) -> Stamp {
+        let seq = self
+            .next
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .saturating_add(1);
+        Stamp {
+            seq,
+            ts_ms: wall_clock_ms(),
+        }
+    }
+}
+
+/// Whether the controller is up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Presence {
+    /// Connected and running.
+    Online,
+    /// Shut down, or its connection died (the broker publishes this as the last will).
+    Offline,
+}
+
+/// `state`, retained: the controller's presence. The broker publishes the `offline` copy as
+/// the controller's last will when its connection dies without a clean disconnect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerState {
+    /// Sequence number of this publisher's messages.
+    pub seq: u64,
+    /// Publisher's wall clock when sent, Unix milliseconds.
+    pub ts_ms: u64,
+    /// The controller id (the topic's `<controller>` level).
+    pub controller: String,
+    /// Online or offline.
+    pub state: Presence,
+    /// Counts the controller's MQTT sessions (Sparkplug's bdSeq): the `offline` will carries
+    /// the counter of the `online` state it ends, so a dashboard can tell a stale `offline`
+    /// from one that ends the current session.
+    pub session_counter: u64,
+    /// The controller's software version.
+    pub version: String,
+}
+
+/// Where a therapy session is in its life cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    /// The protocol file is loaded.
+    Loaded,
+    /// The plugins have planned every block.
+    Planned,
+    /// The governor's pre-check and dose report are done.
+    Checked,
+    /// The operator confirmed and the interlocks are made.
+    Armed,
+    /// Steps are being delivered.
+    Running,
+    /// Paused by the operator; every source is off.
+    Paused,
+    /// Every step was delivered.
+    Completed,
+    /// Stopped before the end.
+    Aborted,
+    /// Stopped by an emergency stop.
+    EStopped,
+}
+
+/// A step of an approved plan: block id and step index.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StepRef {
+    /// Block id in the protocol.
+    pub block: String,
+    /// Index into the block's planned steps (0-based).
+    pub step_index: u64,
+}
+
+impl From<&modalis_governor::StepRef> for StepRef {
+    fn from(s: &modalis_governor::StepRef) -> StepRef {
+        StepRef {
+            block: s.block_id.clone(),
+            step_index: u64::try_from(s.step_index).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+/// The next step due in a session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NextStep {
+    /// Which step.
+    pub step: StepRef,
+    /// Device that will deliver it.
+    pub device: String,
+    /// Device channel.
+    pub channel: String,
+    /// What the operator sees for it.
+    pub label: String,
+    /// Time until it is due, ms.
+    pub due_in_ms: u64,
+}
+
+/// `session/<session>/status`, retained.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionStatus {
+    /// Sequence number of this publisher's messages.
+    pub seq: u64,
+    /// Publisher's wall clock when sent, Unix milliseconds.
+    pub ts_ms: u64,
+    /// Session id (the topic's `<session>` level).
+    pub session: String,
+    /// Life-cycle state.
+    pub state: SessionState,
+    /// The block running now, if one is.
+    pub block: Option<String>,
+    /// Share of the session's planned time elapsed, 0-100.
+    pub progress_percent: f64,
+    /// Session time elapsed since it started running, ms.
+    pub elapsed_ms: u64,
+    /// Planned session duration, ms.
+    pub total_ms: u64,
+    /// The next step due, if any.
+    pub next_step: Option<NextStep>,
+}
+
+/// A time-limited grant to deliver energy. The duration is relative because device clocks
+/// differ from the controller's: the device counts it from when it applies the command, and
+/// stops by itself when it lapses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseGrant {
+    /// Lease id, unique per controller; acks and telemetry name it.
+    pub id: u64,
+    /// How long the device may deliver from when it applies the command, ms (at least 1).
+    pub valid_for_ms: u64,
+}
+
+impl LeaseGrant {
+    /// The wire form of a governor lease at `now_ms` on the governor's monotonic clock.
+    pub fn from_governor(lease: &modalis_governor::Lease, now_ms: u64) -> LeaseGrant {
+        LeaseGrant {
+            id: lease.id,
+            valid_for_ms: lease.expires_at_ms.saturating_sub(now_ms),
+        }
+    }
+}
+
+/// What a device command asks for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum CommandAction {
+    /// Apply a setpoint under a lease (an `off` setpoint stops the channel).
+    Set {
+        /// The setpoint, with units in its field names.
+        setpoint: Setpoint,
+        /// The lease the output runs under.
+        lease: LeaseGrant,
+    },
+    /// Extend the output already running on the channel under a new lease. A device that is
+    /// not delivering (its lease lapsed, or it was stopped) answers `expired` and stays off: a
+    /// renewal never starts an output.
+    RenewLease {
+        /// The new lease.
+        lease: LeaseGrant,
+    },
+    /// Stop the channel now (no ramp-down).
+    Stop {
+        /// Why, for the device's log.
+        reason: String,
+    },
+}
+
+/// `device/<device>/command`, QoS 1, from the controller.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceCommand {
+    /// Sequence number of this publisher's messages.
+    pub seq: u64,
+    /// Publisher's wall clock when sent, Unix milliseconds.
+    pub ts_ms: u64,
+    /// Unique id of this command; the ack names it.
+    pub command_id: String,
+    /// Device id (the topic's `<device>` level).
+    pub device: String,
+    /// Device channel.
+    pub channel: String,
+    /// Session the command belongs to, if any (an e-stop's stops belong to none).
+    pub session: Option<String>,
+    /// Approved plan step the command belongs to, if any.
+    pub step: Option<StepRef>,
+    /// What to do.
+    pub action: CommandAction,
+}
+
+/// What a device did with a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AckOutcome {
+    /// Applied.
+    Accepted,
+    /// Not applied (unknown channel, wrong setpoint kind, out of range, ...).
+    Rejected,
+    /// A lease renewal for an output that had already stopped; nothing was started.
+    Expired,
+}
+
+/// `device/<device>/ack`, from the device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CommandAck {
+    /// Sequence number of this publisher's messages.
+    pub seq: u64,
+    /// Device's wall clock when sent, Unix milliseconds.
+    pub ts_ms: u64,
+    /// The command answered.
+    pub command_id: String,
+    /// Device id (the topic's `<device>` level).
+    pub device: String,
+    /// Device channel.
+    pub channel: String,
+    /// What the device did.
+    pub outcome: AckOutcome,
+    /// Why, when rejected or expired.
+    pub reason: Option<String>,
+    /// The lease the channel runs under after the command, if it is delivering.
+    pub lease_id: Option<u64>,
+}
+
+/// `device/<device>/telemetry`, from the device: one reading of one channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceTelemetry {
+    /// Sequence number of this publisher's messages.
+    pub seq: u64,
+    /// Device's wall clock when measured, Unix milliseconds.
+    pub ts_ms: u64,
+    /// Device id (the topic's `<device>` level).
+    pub device: String,
+    /// Device channel.
+    pub channel: String,
+    /// The reading, with its unit in its kind.
+    pub measurement: Measurement,
+    /// Whether the channel is delivering energy as the device sees it.
+    pub delivering: bool,
+    /// The lease the channel is delivering under, if any.
+    pub lease_id: Option<u64>,
+}
+
+/// Alarm priority per IEC 60601-1-8.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum AlarmPriority {
+    /// Operator awareness.
+    Low,
+    /// Prompt response needed.
+    Medium,
+    /// Immediate response needed.
+    High,
+}
+
+impl From<modalis_governor::AlarmPriority> for AlarmPriority {
+    fn from(p: modalis_governor::AlarmPriority) -> AlarmPriority {
+        match p {
+            modalis_governor::AlarmPriority::Low => AlarmPriority::Low,
+            modalis_governor::AlarmPriority::Medium => AlarmPriority::Medium,
+            modalis_governor::AlarmPriority::High => AlarmPriority::High,
+        }
+    }
+}
+
+/// `alarm`, from the controller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AlarmMessage {
+    /// Sequence number of this publisher's messages.
+    pub seq: u64,
+    /// Publisher's wall clock when sent, Unix milliseconds.
+    pub ts_ms: u64,
+    /// IEC 60601-1-8 priority.
+    pub priority: AlarmPriority,
+    /// The governor rule that raised it.
+    pub rule: String,
+    /// What happened, for the operator.
+    pub reason: String,
+    /// Session, if the alarm concerns one.
+    pub session: Option<String>,
+    /// Device, if the alarm concerns one.
+    pub device: Option<String>,
+    /// Channel, if the alarm concerns one.
+    pub channel: Option<String>,
+}
+
+/// `session/<session>/dose-report`, retained, from the controller.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DoseReportMessage {
+    /// Sequence number of this publisher's messages.
+    pub seq: u64,
+    /// Publisher's wall clock when sent, Unix milliseconds.
+    pub ts_ms: u64,
+    /// Session id (the topic's `<session>` level).
+    pub session: String,
+    /// The governor's dose report as JSON.
+    pub report: serde_json::Value,
+}
+
+/// `estop`, from any authorised panel: stop every source now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EstopInput {
+    /// Sequence number of this panel's messages.
+    pub seq: u64,
+    /// Panel's wall clock when pressed, Unix milliseconds.
+    pub ts_ms: u64,
+    /// Which panel.
+    pub panel: String,
+    /// Why, if the operator said.
+    pub reason: String,
+}
+
+/// A decoded message and the topic it came on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inbound {
+    /// `state`.
+    State(ControllerState),
+    /// `session/<session>/status`.
+    SessionStatus(SessionStatus),
+    /// `session/<session>/dose-report`.
+    DoseReport(DoseReportMessage),
+    /// `device/<device>/command`.
+    Command(DeviceCommand),
+    /// `device/<device>/ack`.
+    Ack(CommandAck),
+    /// `device/<device>/telemetry`.
+    Telemetry(DeviceTelemetry),
+    /// `alarm`.
+    Alarm(AlarmMessage),
+    /// `estop`.
+    Estop(EstopInput),
+}
+
+/// Why an inbound message was rejected. Every variant names the topic.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Not a topic of this controller.
+    #[error(transparent)]
+    Topic(#[from] TopicError),
+    /// The payload does not match the topic's schema, or contradicts the topic.
+    #[error("topic {topic:?}: invalid payload at {field}: {message}")]
+    Payload {
+        /// The topic as received.
+        topic: String,
+        /// Where in the payload: a path such as `measurement.value`, or `(document)`.
+        field: String,
+        /// What is wrong and what was expected.
+        message: String,
+    },
+}
+
+/// Encodes a payload as JSON.
+pub fn encode<T: Serialize>(payload: &T) -> Result<Vec<u8>, serde_json::Error> {
+    serde_json::to_vec(payload)
+}
+
+fn from_json<T: DeserializeOwned>(topic: &str, payload: &[u8]) -> Result<T, DecodeError> {
+    let mut de = serde_json::Deserializer::from_slice(payload);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        // A syntax error has no meaningful field (its path may end in `?`): the whole
+        // document is malformed.
+        let whole = path == "." || e.inner().is_syntax() || e.inner().is_eof();
+        DecodeError::Payload {
+            topic: topic.to_string(),
+            field: if whole {
+                "(document)".to_string()
+            } else {
+                path
+            },
+            message: e.into_inner().to_string(),
+        }
+    })?;
+    // Trailing bytes after the object mean a corrupted or concatenated message.
+    de.end().map_err(|e| DecodeError::Payload {
+        topic: topic.to_string(),
+        field: "(document)".to_string(),
+        message: e.to_string(),
+    })?;
+    Ok(value)
+}
+
+/// Decodes a message received on `topic`: the topic must be one of `topics`, the payload must
+/// match that topic's schema, and the ids in the payload must agree with the topic's.
+pub fn decode(topics: &Topics, topic: &str, payload: &[u8]) -> Result<Inbound, DecodeError> {
+    let parsed = topics.parse(topic)?;
+    let bad = |field: &str, message: String| DecodeError::Payload {
+        topic: topic.to_string(),
+        field: field.to_string(),
+        message,
+    };
+    let same = |field: &str, got: &str, want: &str| {
+        if got == want {
+            Ok(())
+        } else {
+            Err(bad(
+                field,
+                format!("the payload names {got:?} but the topic names {want:?}"),
+            ))
+        }
+    };
+    let nonempty = |field: &str, value: &str| {
+        if value.trim().is_empty() {
+            Err(bad(field, "expected a non-empty string".to_string()))
+        } else {
+            Ok(())
+        }
+    };
+    let id = |field: &str, what: &'static str, value: &str| {
+        check_id(what, value).map_err(|e| bad(field, e.to_string()))
+    };
+    Ok(match parsed {
+        Topic::State => {
+            let m: ControllerState = from_json(topic, payload)?;
+            same("controller", &m.controller, topics.controller())?;
+            Inbound::State(m)
+        }
+        Topic::SessionStatus { session } => {
+            let m: SessionStatus = from_json(topic, payload)?;
+            same("session", &m.session, &session)?;
+            if !(m.progress_percent.is_finite() && (0.0..=100.0).contains(&m.progress_percent)) {
+                return Err(bad(
+                    "progress_percent",
+                    format!("expected 0-100, got {}", m.progress_percent),
+                ));
+            }
+            Inbound::SessionStatus(m)
+        }
+        Topic::DoseReport { session } => {
+            let m: DoseReportMessage = from_json(topic, payload)?;
+            same("session", &m.session, &session)?;
+            Inbound::DoseReport(m)
+        }
+        Topic::DeviceCommand { device } => {
+            let m: DeviceCommand = from_json(topic, payload)?;
+            same("device", &m.device, &device)?;
+            nonempty("command_id", &m.command_id)?;
+            nonempty("channel", &m.channel)?;
+            if let Some(s) = &m.session {
+                id("session", "session", s)?;
+            }
+            match &m.action {
+                CommandAction::Set { setpoint, lease } => {
+                    if lease.valid_for_ms == 0 {
+                        return Err(bad(
+                            "action.lease.valid_for_ms",
+                            "expected at least 1 ms".to_string(),
+                        ));
+                    }
+                    for (name, v) in setpoint.numbers() {
+                        if !(v.is_finite() && v >= 0.0) {
+                            return Err(bad(
+                                &format!("action.setpoint.{name}"),
+                                format!("expected a finite number >= 0, got {v}"),
+                            ));
+                        }
+                    }
+                }
+                CommandAction::RenewLease { lease } => {
+                    if lease.valid_for_ms == 0 {
+                        return Err(bad(
+                            "action.lease.valid_for_ms",
+                            "expected at least 1 ms".to_string(),
+                        ));
+                    }
+                }
+                CommandAction::Stop { .. } => {}
+            }
+            Inbound::Command(m)
+        }
+        Topic::DeviceAck { device } => {
+            let m: CommandAck = from_json(topic, payload)?;
+            same("device", &m.device, &device)?;
+            nonempty("command_id", &m.command_id)?;
+            nonempty("channel", &m.channel)?;
+            Inbound::Ack(m)
+        }
+        Topic::DeviceTelemetry { device } => {
+            let m: DeviceTelemetry = from_json(topic, payload)?;
+            same("device", &m.device, &device)?;
+            nonempty("channel", &m.channel)?;
+            let v = match m.measurement {
+                Measurement::SkinTempC(v)
+                | Measurement::OpticalPowerMw(v)
+                | Measurement::ImpedanceOhm(v) => v,
+            };
+            if !v.is_finite() {
+                return Err(bad(
+                    "measurement.value",
+                    format!("expected a finite number, got {v}"),
+                ));
+            }
+            Inbound::Telemetry(m)
+        }
+        Topic::Alarm => Inbound::Alarm(from_json(topic, payload)?),
+        Topic::Estop => {
+            let m: EstopInput = from_json(topic, payload)?;
+            nonempty("panel", &m.panel)?;
+            Inbound::Estop(m)
+        }
+    })
+}
+
+/// The JSON Schema of every payload, by topic pattern, for the generated `schemas/` and
+/// dashboard authors.
+pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
+    vec![
+        ("state", schemars::schema_for!(ControllerState)),
+        (
+            "session/{session}/status",
+            schemars::schema_for!(SessionStatus),
+        ),
+        (
+            "session/{session}/dose-report",
+            schemars::schema_for!(DoseReportMessage),
+        ),
+        (
+            "device/{device}/command",
+            schemars::schema_for!(DeviceCommand),
+        ),
+        ("device/{device}/ack", schemars::schema_for!(CommandAck)),
+        (
+            "device/{device}/telemetry",
+            schemars::schema_for!(DeviceTelemetry),
+        ),
+        ("alarm", schemars::schema_for!(AlarmMessage)),
+        ("estop", schemars::schema_for!(EstopInput)),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use modalis_sdk::HeatSetpoint;
+
+    fn topics() -> Topics {
+        Topics::new("c1").expect("valid id")
+    }
+
+    #[test]
+    fn command_round_trips() {
+        let t = topics();
+        let cmd = DeviceCommand {
+            seq: 7,
+            ts_ms: 1,
+            command_id: "c1-7".into(),
+            device: "pads".into(),
+            channel: "pad-1".into(),
+            session: Some("s1".into()),
+            step: Some(StepRef {
+                block: "heat".into(),
+                step_index: 0,
+            }),
+            action: CommandAction::Set {
+                setpoint: Setpoint::Heat(HeatSetpoint {
+                    target_temp_c: 40.0,
+                    power_limit_w: 10.0,
+                }),
+                lease: LeaseGrant {
+                    id: 3,
+                    valid_for_ms: 2000,
+                },
+            },
+        };
+        let bytes = encode(&cmd).expect("encodes");
+        let topic = t.device_command("pads").expect("valid");
+        assert_eq!(
+            decode(&t, &topic, &bytes).expect("decodes"),
+            Inbound::Command(cmd)
+        );
+    }
+
+    #[test]
+    fn errors_name_topic_and_field() {
+        let t = topics();
+        let topic = t.device_telemetry("pads").expect("valid");
+        let check = |payload: &str, field: &str| {
+            let e = decode(&t, &topic, payload.as_bytes()).expect_err(payload);
+            let DecodeError::Payload { field: f, .. } = &e else {
+                panic!("{e}")
+            };
+            assert_eq!(f, field, "{e}");
+            assert!(e.to_string().contains(&topic), "{e}");
+        };
+        check("not json", "(document)");
+        check(
+            r#"{"seq":1,"ts_ms":1,"device":"pads","channel":"p","measurement":{"kind":"skin_temp_c","value":"hot"},"delivering":true,"lease_id":null}"#,
+            "measurement.value",
+        );
+        check(
+            r#"{"seq":1,"ts_ms":1,"device":"other","channel":"p","measurement":{"kind":"skin_temp_c","value":33.0},"delivering":true,"lease_id":null}"#,
+            "device",
+        );
+        check(
+            r#"{"seq":1,"ts_ms":1,"device":"pads","channel":"p","measurement":{"kind":"skin_temp_c","value":33.0},"delivering":true,"lease_id":null,"extra":1}"#,
+            "extra",
+        );
+        check(
+            r#"{"seq":1,"ts_ms":1,"device":"pads","channel":"p","measurement":{"kind":"skin_temp_c","value":33.0},"delivering":true,"lease_id":null} {}"#,
+            "(document)",
+        );
+    }
+
+    #[test]
+    fn every_payload_has_a_schema_with_descriptions() {
+        for (topic, schema) in schemas() {
+            let text = serde_json::to_string(&schema).expect("serialises");
+            assert!(text.contains("\"description\""), "{topic}");
+            assert!(text.contains("\"seq\""), "{topic}");
+            assert!(text.contains("\"ts_ms\""), "{topic}");
+        }
+    }
+}

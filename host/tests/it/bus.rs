@@ -1,0 +1,615 @@
+//! The MQTT bus through real brokers: the embedded rumqttd and a real mosquitto started here on
+//! a free 127.0.0.1 port (with a password file and an ACL, as a clinic would run it).
+//!
+//! Every wait is bounded; the bounds are generous (seconds) because they guard against hangs,
+//! not speed.
+
+use std::io::Write;
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use modalis::broker::EmbeddedBroker;
+use modalis::bus::payload::{ControllerState, DeviceTelemetry, Inbound, Presence};
+use modalis::bus::topics::Topics;
+use modalis::bus::{
+    Backoff, Bus, BusConfig, BusError, BusEvent, Credentials, Inbox, OutboundMessage, Qos,
+};
+use modalis_sdk::Measurement;
+use tokio_util::sync::CancellationToken;
+
+/// Long enough for anything that should happen, short enough that a hang fails the test.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A mosquitto process on 127.0.0.1 with a temporary configuration, password file and ACL.
+/// Killed on drop.
+pub struct Mosquitto {
+    child: Option<Child>,
+    port: u16,
+    conf: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// Users in the password file: (user, password).
+pub const CONTROLLER_USER: (&str, &str) = ("controller", "controller-secret");
+/// A device, which may publish its telemetry and acks.
+pub const DEVICE_USER: (&str, &str) = ("device", "device-secret");
+/// A dashboard, which may only read.
+pub const DASHBOARD_USER: (&str, &str) = ("dashboard", "dashboard-secret");
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("a free port");
+    l.local_addr().expect("local addr").port()
+}
+
+impl Mosquitto {
+    /// Starts mosquitto on a free port and waits until it accepts connections.
+    pub fn start() -> Mosquitto {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // mosquitto started as root drops to the `mosquitto` user and then refuses files it
+        // cannot read (design brief): make the directory and files readable.
+        set_mode(dir.path(), 0o755);
+        let passwd = dir.path().join("passwd");
+        for (i, (user, pass)) in [CONTROLLER_USER, DEVICE_USER, DASHBOARD_USER]
+            .iter()
+            .enumerate()
+        {
+            let mut cmd = Command::new("mosquitto_passwd");
+            cmd.arg("-b");
+            if i == 0 {
+                cmd.arg("-c");
+            }
+            let status = cmd
+                .arg(&passwd)
+                .arg(user)
+                .arg(pass)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("mosquitto_passwd runs (apt-get install mosquitto; .ci/run does)");
+            assert!(status.success(), "mosquitto_passwd failed");
+        }
+        set_mode(&passwd, 0o644);
+        let acl = dir.path().join("acl");
+        std::fs::write(
+            &acl,
+            "user controller\ntopic readwrite modalis/#\n\n\
+             user device\ntopic readwrite modalis/#\n\n\
+             user dashboard\ntopic read modalis/#\n",
+        )
+        .expect("acl written");
+        set_mode(&acl, 0o644);
+        let port = free_port();
+        let conf = dir.path().join("mosquitto.conf");
+        let mut f = std::fs::File::create(&conf).expect("conf created");
+        write!(
+            f,
+            "listener {port} 127.0.0.1\n\
+             allow_anonymous false\n\
+             password_file {}\n\
+             acl_file {}\n\
+             persistence false\n\
+             log_dest stderr\n\
+             log_type error\n\
+             log_type warning\n",
+            passwd.display(),
+            acl.display()
+        )
+        .expect("conf written");
+        set_mode(&conf, 0o644);
+        let mut m = Mosquitto {
+            child: None,
+            port,
+            conf,
+            _dir: dir,
+        };
+        m.spawn();
+        m
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(mosquitto_bin())
+            .arg("-c")
+            .arg(&self.conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("mosquitto starts (apt-get install mosquitto; .ci/run does)");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + WAIT;
+        while TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "mosquitto did not listen on 127.0.0.1:{}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the broker (SIGKILL: no goodbye to the clients).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// `mqtt://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Debian installs the broker in /usr/sbin, which a non-root PATH may lack.
+fn mosquitto_bin() -> PathBuf {
+    let sbin = PathBuf::from("/usr/sbin/mosquitto");
+    if sbin.exists() {
+        sbin
+    } else {
+        PathBuf::from("mosquitto")
+    }
+}
+
+fn set_mode(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// A broker for one test: embedded or mosquitto.
+pub enum TestBroker {
+    /// rumqttd in-process (lives until the test binary exits).
+    Embedded(EmbeddedBroker),
+    /// A mosquitto process.
+    Mosquitto(Mosquitto),
+}
+
+impl TestBroker {
+    pub async fn embedded() -> TestBroker {
+        TestBroker::Embedded(EmbeddedBroker::start().await.expect("embedded broker"))
+    }
+
+    pub fn mosquitto() -> TestBroker {
+        TestBroker::Mosquitto(Mosquitto::start())
+    }
+
+    /// The mosquitto process, to kill and restart it.
+    pub fn mosquitto_mut(&mut self) -> &mut Mosquitto {
+        match self {
+            TestBroker::Mosquitto(m) => m,
+            TestBroker::Embedded(_) => panic!("rumqttd cannot be stopped; use mosquitto"),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            TestBroker::Embedded(_) => "rumqttd",
+            TestBroker::Mosquitto(_) => "mosquitto",
+        }
+    }
+
+    /// A bus configuration for `client_id` logging in as `user` (on mosquitto).
+    pub fn config(&self, client_id: &str, topics: &Topics, user: (&str, &str)) -> BusConfig {
+        let url = match self {
+            TestBroker::Embedded(b) => b.url(),
+            TestBroker::Mosquitto(m) => m.url(),
+        };
+        let mut c = BusConfig::new(&url, client_id, topics.clone()).expect("valid config");
+        if matches!(self, TestBroker::Mosquitto(_)) {
+            c.credentials = Some(Credentials {
+                username: user.0.to_string(),
+                password: user.1.to_string(),
+            });
+        }
+        // Reconnect quickly in tests; the cap keeps a restarted broker found within a second.
+        c.backoff = Backoff {
+            initial: Duration::from_millis(50),
+            max: Duration::from_millis(500),
+        };
+        c
+    }
+}
+
+pub fn topics(name: &str) -> Topics {
+    Topics::new(name).expect("valid controller id")
+}
+
+pub fn controller_state(t: &Topics, presence: Presence, counter: u64) -> ControllerState {
+    ControllerState {
+        seq: counter,
+        ts_ms: 1,
+        controller: t.controller().to_string(),
+        state: presence,
+        session_counter: counter,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
+
+/// A controller's bus: retained `online` birth, `offline` will, subscribed to acks,
+/// telemetry and e-stop.
+pub fn controller_config(broker: &TestBroker, t: &Topics, client_id: &str) -> BusConfig {
+    let mut c = broker.config(client_id, t, CONTROLLER_USER);
+    c.birth = Some(
+        OutboundMessage::json(
+            t.state(),
+            &controller_state(t, Presence::Online, 1),
+            Qos::AtLeastOnce,
+            true,
+        )
+        .expect("encodes"),
+    );
+    c.last_will = Some(
+        OutboundMessage::json(
+            t.state(),
+            &controller_state(t, Presence::Offline, 1),
+            Qos::AtLeastOnce,
+            true,
+        )
+        .expect("encodes"),
+    );
+    c.subscriptions = t
+        .controller_filters()
+        .into_iter()
+        .map(|f| (f, Qos::AtLeastOnce))
+        .collect();
+    c
+}
+
+/// Receives until `pick` returns something, or fails the test after `WAIT`.
+pub async fn recv_until<T>(
+    inbox: &mut Inbox,
+    what: &str,
+    mut pick: impl FnMut(BusEvent) -> Option<T>,
+) -> T {
+    let found = tokio::time::timeout(WAIT, async {
+        while let Some(ev) = inbox.recv().await {
+            if let Some(t) = pick(ev) {
+                return Some(t);
+            }
+        }
+        None
+    })
+    .await;
+    match found {
+        Ok(Some(t)) => t,
+        Ok(None) => panic!("the bus ended while waiting for {what}"),
+        Err(_) => panic!("no {what} within {WAIT:?}"),
+    }
+}
+
+fn state_of(ev: BusEvent) -> Option<(ControllerState, bool)> {
+    match ev {
+        BusEvent::Message {
+            message: Inbound::State(s),
+            retained,
+        } => Some((s, retained)),
+        _ => None,
+    }
+}
+
+/// A plain subscriber to the state topic (a dashboard).
+fn dashboard(broker: &TestBroker, t: &Topics, id: &str, cancel: &CancellationToken) -> Bus {
+    let mut c = broker.config(id, t, DASHBOARD_USER);
+    c.subscriptions = vec![(t.state(), Qos::AtLeastOnce)];
+    Bus::start(c, cancel.clone()).expect("dashboard bus starts")
+}
+
+async fn retained_state_and_will(broker: TestBroker) {
+    let name = broker.name();
+    let t = topics(&format!("ctl-retained-{name}"));
+    let cancel = CancellationToken::new();
+    let ctl = Bus::start(controller_config(&broker, &t, "ctl"), cancel.clone()).expect("starts");
+    ctl.handle.wait_connected(WAIT).await.expect("connects");
+    // Give the birth time to reach the broker before the late subscriber arrives.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut late = dashboard(&broker, &t, "late", &cancel);
+    let (state, retained) = recv_until(&mut late.inbox, "the retained state", state_of).await;
+    assert_eq!(state.state, Presence::Online, "{name}");
+    assert!(retained, "{name}: a late subscriber gets the retained copy");
+
+    // The controller dies without a DISCONNECT: the broker publishes the will.
+    ctl.task.abort();
+    let (state, _) = recv_until(&mut late.inbox, "the offline will", |ev| {
+        state_of(ev).filter(|(s, _)| s.state == Presence::Offline)
+    })
+    .await;
+    assert_eq!(state.session_counter, 1, "{name}");
+
+    // The will was retained: a second late subscriber sees `offline`.
+    let mut later = dashboard(&broker, &t, "later", &cancel);
+    let (state, retained) = recv_until(&mut later.inbox, "the retained will", state_of).await;
+    assert_eq!((state.state, retained), (Presence::Offline, true), "{name}");
+    cancel.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_state_and_last_will_on_rumqttd() {
+    retained_state_and_will(TestBroker::embedded().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_state_and_last_will_on_mosquitto() {
+    retained_state_and_will(TestBroker::mosquitto()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clean_shutdown_publishes_offline_too() {
+    let broker = TestBroker::mosquitto();
+    let t = topics("ctl-clean");
+    let ctl_cancel = CancellationToken::new();
+    let ctl = Bus::start(controller_config(&broker, &t, "ctl"), ctl_cancel.clone()).expect("ok");
+    ctl.handle.wait_connected(WAIT).await.expect("connects");
+    let cancel = CancellationToken::new();
+    let mut dash = dashboard(&broker, &t, "dash", &cancel);
+    recv_until(&mut dash.inbox, "online", |ev| {
+        state_of(ev).filter(|(s, _)| s.state == Presence::Online)
+    })
+    .await;
+    // A clean DISCONNECT makes the broker discard the will, so the bus publishes it itself.
+    ctl_cancel.cancel();
+    tokio::time::timeout(WAIT, ctl.task.join())
+        .await
+        .expect("the bus task ends after cancel");
+    recv_until(&mut dash.inbox, "offline after a clean shutdown", |ev| {
+        state_of(ev).filter(|(s, _)| s.state == Presence::Offline)
+    })
+    .await;
+    assert!(!ctl.handle.is_connected());
+    let e = ctl
+        .handle
+        .publish(&t.alarm(), &1, Qos::AtLeastOnce, false)
+        .await
+        .expect_err("no publish after shutdown");
+    assert!(matches!(e, BusError::NotConnected { .. }), "{e}");
+    cancel.cancel();
+}
+
+fn telemetry(device: &str, value: f64) -> DeviceTelemetry {
+    DeviceTelemetry {
+        seq: 1,
+        ts_ms: 1,
+        device: device.to_string(),
+        channel: "pad-1".to_string(),
+        measurement: Measurement::SkinTempC(value),
+        delivering: true,
+        lease_id: Some(1),
+    }
+}
+
+async fn invalid_payload_rejected(broker: TestBroker) {
+    let name = broker.name();
+    let t = topics(&format!("ctl-invalid-{name}"));
+    let cancel = CancellationToken::new();
+    let mut ctl = Bus::start(controller_config(&broker, &t, "ctl"), cancel.clone()).expect("ok");
+    let dev = Bus::start(broker.config("dev", &t, DEVICE_USER), cancel.clone()).expect("ok");
+    ctl.handle.wait_connected(WAIT).await.expect("connects");
+    dev.handle.wait_connected(WAIT).await.expect("connects");
+    // The subscriptions go out after the ConnAck: probe with valid messages until one
+    // arrives, so that the bad ones below cannot be lost to a subscription not yet made.
+    let topic = t.device_telemetry("pads").expect("valid");
+    let probe = async {
+        loop {
+            dev.handle
+                .publish(&topic, &telemetry("pads", 33.0), Qos::AtLeastOnce, false)
+                .await
+                .expect("published");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::select! {
+        () = probe => {}
+        () = recv_until(&mut ctl.inbox, "a first valid telemetry message", |ev| match ev {
+            BusEvent::Message { message: Inbound::Telemetry(_), .. } => Some(()),
+            _ => None,
+        }) => {}
+    }
+    // Drain the probes still in flight, then send the bad ones.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(50), ctl.inbox.recv()).await
+    {
+    }
+    let before = ctl.handle.stats().rejected;
+
+    let bad: [(&str, &[u8]); 3] = [
+        ("(document)", b"{not json"),
+        (
+            "measurement.value",
+            br#"{"seq":1,"ts_ms":1,"device":"pads","channel":"pad-1","measurement":{"kind":"skin_temp_c","value":"hot"},"delivering":true,"lease_id":null}"#,
+        ),
+        (
+            "device",
+            br#"{"seq":1,"ts_ms":1,"device":"lamp","channel":"pad-1","measurement":{"kind":"skin_temp_c","value":33.0},"delivering":true,"lease_id":null}"#,
+        ),
+    ];
+    for (field, payload) in bad {
+        dev.handle
+            .publish_message(OutboundMessage {
+                topic: topic.clone(),
+                payload: payload.to_vec(),
+                qos: Qos::AtLeastOnce,
+                retain: false,
+            })
+            .await
+            .expect("published");
+        let err = recv_until(&mut ctl.inbox, "the rejection", |ev| match ev {
+            BusEvent::Rejected(e) => Some(e),
+            BusEvent::Message {
+                message: Inbound::Telemetry(m),
+                ..
+            } => panic!("{name}: an invalid message was delivered as valid: {m:?}"),
+            _ => None,
+        })
+        .await;
+        let text = err.to_string();
+        assert!(text.contains(&topic), "{name}: {text}");
+        assert!(text.contains(field), "{name}: {text}");
+    }
+    assert_eq!(ctl.handle.stats().rejected - before, 3, "{name}");
+
+    // A valid message still comes through afterwards.
+    dev.handle
+        .publish(&topic, &telemetry("pads", 34.5), Qos::AtLeastOnce, false)
+        .await
+        .expect("published");
+    let m = recv_until(&mut ctl.inbox, "valid telemetry", |ev| match ev {
+        BusEvent::Message {
+            message: Inbound::Telemetry(m),
+            ..
+        } if m.measurement == Measurement::SkinTempC(34.5) => Some(m),
+        _ => None,
+    })
+    .await;
+    assert_eq!(m.device, "pads");
+    cancel.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_telemetry_is_rejected_and_counted_on_rumqttd() {
+    invalid_payload_rejected(TestBroker::embedded().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_telemetry_is_rejected_and_counted_on_mosquitto() {
+    invalid_payload_rejected(TestBroker::mosquitto()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_and_resubscribes_after_a_mosquitto_restart() {
+    let mut broker = TestBroker::mosquitto();
+    let t = topics("ctl-restart");
+    let cancel = CancellationToken::new();
+    let mut ctl = Bus::start(controller_config(&broker, &t, "ctl"), cancel.clone()).expect("ok");
+    recv_until(&mut ctl.inbox, "the first connection", |ev| match ev {
+        BusEvent::Connected { connection: 1, .. } => Some(()),
+        _ => None,
+    })
+    .await;
+
+    broker.mosquitto_mut().kill();
+    let error = recv_until(&mut ctl.inbox, "the disconnection", |ev| match ev {
+        BusEvent::Disconnected { error, .. } => Some(error),
+        _ => None,
+    })
+    .await;
+    assert!(!error.is_empty());
+    assert!(!ctl.handle.is_connected());
+    let e = ctl
+        .handle
+        .publish(&t.alarm(), &1, Qos::AtLeastOnce, false)
+        .await
+        .expect_err("a publish while down fails fast instead of queueing");
+    assert!(matches!(e, BusError::NotConnected { .. }), "{e}");
+    // Stay down for a few back-off rounds.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+
+    broker.mosquitto_mut().restart();
+    recv_until(&mut ctl.inbox, "the reconnection", |ev| match ev {
+        BusEvent::Connected { connection, .. } if connection >= 2 => Some(()),
+        _ => None,
+    })
+    .await;
+
+    // Subscriptions were restored: a device's telemetry reaches the controller.
+    let dev = Bus::start(broker.config("dev", &t, DEVICE_USER), cancel.clone()).expect("ok");
+    dev.handle.wait_connected(WAIT).await.expect("connects");
+    let topic = t.device_telemetry("pads").expect("valid");
+    let probe = async {
+        loop {
+            dev.handle
+                .publish(&topic, &telemetry("pads", 35.0), Qos::AtLeastOnce, false)
+                .await
+                .expect("published");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::select! {
+        () = probe => {}
+        () = recv_until(&mut ctl.inbox, "telemetry after the restart", |ev| match ev {
+            BusEvent::Message { message: Inbound::Telemetry(_), .. } => Some(()),
+            _ => None,
+        }) => {}
+    }
+    // The birth was published again: the restarted broker (no persistence) knows the
+    // controller is online.
+    let mut late = dashboard(&broker, &t, "late", &cancel);
+    let (state, retained) = recv_until(&mut late.inbox, "the state after restart", state_of).await;
+    assert_eq!((state.state, retained), (Presence::Online, true));
+    assert!(ctl.handle.stats().connections >= 2);
+    cancel.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_the_acl_refuses_is_reported() {
+    let broker = TestBroker::mosquitto();
+    let t = topics("ctl-acl");
+    let cancel = CancellationToken::new();
+    let mut dash = dashboard(&broker, &t, "dash", &cancel);
+    dash.handle.wait_connected(WAIT).await.expect("connects");
+    // A dashboard may read, not command: MQTT v5 brings the refusal back as a reason code.
+    dash.handle
+        .publish(
+            &t.device_command("pads").expect("valid"),
+            &serde_json::json!({"not": "allowed"}),
+            Qos::AtLeastOnce,
+            false,
+        )
+        .await
+        .expect("queued");
+    let reason = recv_until(&mut dash.inbox, "the refusal", |ev| match ev {
+        BusEvent::PublishRefused { reason } => Some(reason),
+        _ => None,
+    })
+    .await;
+    assert!(reason.contains("NotAuthorized"), "{reason}");
+    cancel.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_inbound_queue_drops_and_counts_without_stalling() {
+    let broker = TestBroker::embedded().await;
+    let t = topics("ctl-full");
+    let cancel = CancellationToken::new();
+    let mut cfg = controller_config(&broker, &t, "ctl");
+    cfg.inbound_capacity = 2;
+    let ctl = Bus::start(cfg, cancel.clone()).expect("ok");
+    let dev = Bus::start(broker.config("dev", &t, DEVICE_USER), cancel.clone()).expect("ok");
+    ctl.handle.wait_connected(WAIT).await.expect("connects");
+    dev.handle.wait_connected(WAIT).await.expect("connects");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let topic = t.device_telemetry("pads").expect("valid");
+    // Nobody reads the controller's inbox.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while ctl.handle.stats().dropped_inbound < 5 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no drops counted: {:?}",
+            ctl.handle.stats()
+        );
+        dev.handle
+            .publish(&topic, &telemetry("pads", 33.0), Qos::AtMostOnce, false)
+            .await
+            .expect("published");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The poller is not stalled: the controller still publishes and stays connected.
+    ctl.handle
+        .publish(&t.alarm(), &1, Qos::AtLeastOnce, false)
+        .await
+        .expect("the controller can still publish");
+    assert!(ctl.handle.is_connected());
+    cancel.cancel();
+}

@@ -1,0 +1,497 @@
+//! The device simulator through real brokers, driven the way the controller will drive it:
+//! commands on `device/<id>/command`, acks and telemetry read back over MQTT.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use modalis::bus::payload::{
+    AckOutcome, CommandAck, CommandAction, DeviceCommand, DeviceTelemetry, Inbound, LeaseGrant,
+};
+use modalis::bus::topics::Topics;
+use modalis::bus::{Bus, BusEvent, Qos};
+use modalis::sim::{Faults, SimHandle, SimOptions, Simulator};
+use modalis_governor::DeviceProfile;
+use modalis_sdk::{HeatSetpoint, Measurement, OpticalSetpoint, Setpoint};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::{DEVICE_USER, TestBroker, WAIT, controller_config, recv_until, topics};
+
+const PERIOD: Duration = Duration::from_millis(50);
+
+fn profile(name: &str) -> DeviceProfile {
+    let path = format!(
+        "{}/../examples/profiles/{name}.toml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read_to_string(&path).expect("example profile");
+    DeviceProfile::from_toml_str(&text, &path).expect("valid profile")
+}
+
+fn heat(target_temp_c: f64) -> Setpoint {
+    Setpoint::Heat(HeatSetpoint {
+        target_temp_c,
+        power_limit_w: 6.0,
+    })
+}
+
+fn laser(power_mw: f64) -> Setpoint {
+    Setpoint::Optical(OpticalSetpoint {
+        wavelength_nm: 808.0,
+        power_mw,
+        beam_area_cm2: 1.0,
+        pulse_frequency_hz: 0.0,
+        duty_cycle: 1.0,
+        scan_area_cm2: None,
+    })
+}
+
+fn set(setpoint: Setpoint, id: u64, valid_for_ms: u64) -> CommandAction {
+    CommandAction::Set {
+        setpoint,
+        lease: LeaseGrant { id, valid_for_ms },
+    }
+}
+
+fn renew(id: u64, valid_for_ms: u64) -> CommandAction {
+    CommandAction::RenewLease {
+        lease: LeaseGrant { id, valid_for_ms },
+    }
+}
+
+fn stop() -> CommandAction {
+    CommandAction::Stop {
+        reason: "test".into(),
+    }
+}
+
+/// A broker, a simulator on it, and a controller-side bus that reads acks and telemetry.
+struct Rig {
+    broker: TestBroker,
+    t: Topics,
+    cancel: CancellationToken,
+    ctl: Bus,
+    sim: SimHandle,
+    seq: u64,
+}
+
+impl Rig {
+    /// `profiles` are file names under examples/profiles; `faults` are by device id.
+    async fn start(
+        broker: TestBroker,
+        name: &str,
+        profiles: &[&str],
+        faults: &[(&str, Faults)],
+    ) -> Rig {
+        let t = topics(name);
+        let cancel = CancellationToken::new();
+        let ctl = Bus::start(controller_config(&broker, &t, "ctl"), cancel.clone()).expect("ok");
+        let options = SimOptions {
+            telemetry_period: PERIOD,
+            faults: faults
+                .iter()
+                .map(|(d, f)| (d.to_string(), f.clone()))
+                .collect::<BTreeMap<_, _>>(),
+            ..SimOptions::default()
+        };
+        let profiles: Vec<DeviceProfile> = profiles.iter().map(|p| profile(p)).collect();
+        let ids: Vec<String> = profiles.iter().map(|p| p.id.clone()).collect();
+        let sim = Simulator::spawn(
+            broker.config("sim", &t, DEVICE_USER),
+            profiles,
+            options,
+            cancel.clone(),
+        )
+        .expect("simulator starts");
+        assert!(sim.wait_connected(WAIT).await, "every device connects");
+        let mut rig = Rig {
+            broker,
+            t,
+            cancel,
+            ctl,
+            sim,
+            seq: 0,
+        };
+        // Telemetry from every device means the controller's subscriptions are in place.
+        for id in &ids {
+            rig.telemetry(id, |_| true).await;
+        }
+        rig
+    }
+
+    /// Sends a command (again and again with the same id until acked: the device answers a
+    /// repeat without applying it twice) and returns the ack.
+    async fn command(&mut self, device: &str, channel: &str, action: CommandAction) -> CommandAck {
+        self.seq += 1;
+        let cmd = DeviceCommand {
+            seq: self.seq,
+            ts_ms: 1,
+            command_id: format!("cmd-{}", self.seq),
+            device: device.to_string(),
+            channel: channel.to_string(),
+            session: Some("s1".into()),
+            step: None,
+            action,
+        };
+        let topic = self.t.device_command(device).expect("valid");
+        let id = cmd.command_id.clone();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            assert!(Instant::now() < deadline, "no ack for {id}");
+            self.ctl
+                .handle
+                .publish(&topic, &cmd, Qos::AtLeastOnce, false)
+                .await
+                .expect("published");
+            let got = tokio::time::timeout(Duration::from_millis(500), async {
+                loop {
+                    match self.ctl.inbox.recv().await {
+                        Some(BusEvent::Message {
+                            message: Inbound::Ack(a),
+                            ..
+                        }) if a.command_id == id => return Some(a),
+                        Some(_) => {}
+                        None => return None,
+                    }
+                }
+            })
+            .await;
+            match got {
+                Ok(Some(a)) => return a,
+                Ok(None) => panic!("the controller bus ended"),
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// The next telemetry message from `device` for which `pick` holds.
+    async fn telemetry(
+        &mut self,
+        device: &str,
+        mut pick: impl FnMut(&DeviceTelemetry) -> bool,
+    ) -> DeviceTelemetry {
+        recv_until(
+            &mut self.ctl.inbox,
+            &format!("telemetry from {device}"),
+            |ev| match ev {
+                BusEvent::Message {
+                    message: Inbound::Telemetry(m),
+                    ..
+                } if m.device == device && pick(&m) => Some(m),
+                _ => None,
+            },
+        )
+        .await
+    }
+
+    fn energised(&self, device: &str, channel: &str) -> bool {
+        self.sim
+            .state(device)
+            .and_then(|s| s.channel(channel).map(|c| c.energised))
+            .expect("simulated channel")
+    }
+}
+
+async fn acks_and_telemetry(broker: TestBroker) {
+    let name = format!("sim-acks-{}", broker.name());
+    let mut rig = Rig::start(broker, &name, &["mire-pads", "lllt-808", "tens-2ch"], &[]).await;
+
+    let ack = rig
+        .command("mire-pads", "pad-1", set(heat(40.0), 1, 5_000))
+        .await;
+    assert_eq!(
+        (ack.outcome, ack.lease_id),
+        (AckOutcome::Accepted, Some(1)),
+        "{ack:?}"
+    );
+    assert!(rig.energised("mire-pads", "pad-1"));
+    let state = rig.sim.state("mire-pads").expect("simulated");
+    assert_eq!(
+        state.channel("pad-1").and_then(|c| c.last_setpoint),
+        Some(heat(40.0))
+    );
+    assert!(!state.channel("pad-2").expect("pad-2").energised);
+
+    // Telemetry at its rate: count one channel's readings over a second.
+    let started = Instant::now();
+    let mut count = 0;
+    let mut delivering = 0;
+    while started.elapsed() < Duration::from_secs(1) {
+        let m = rig.telemetry("mire-pads", |m| m.channel == "pad-1").await;
+        assert!(matches!(m.measurement, Measurement::SkinTempC(_)));
+        count += 1;
+        if m.delivering {
+            delivering += 1;
+            assert_eq!(m.lease_id, Some(1));
+        }
+    }
+    // 20 expected at 50 ms; the bounds only catch a device that is far off its rate.
+    assert!(
+        (8..=40).contains(&count),
+        "{count} readings in 1 s at a 50 ms period"
+    );
+    assert_eq!(delivering, count, "pad-1 delivers throughout its lease");
+
+    // Each sensor the profile declares reports: optical power, impedance.
+    let m = rig.telemetry("lllt-808", |m| m.channel == "probe").await;
+    assert!(matches!(m.measurement, Measurement::OpticalPowerMw(p) if p == 0.0));
+    let m = rig.telemetry("tens-2ch", |m| m.channel == "ch1").await;
+    assert!(
+        matches!(m.measurement, Measurement::ImpedanceOhm(z) if (400.0..600.0).contains(&z)),
+        "{m:?}"
+    );
+
+    // Refusals name the reason; nothing starts.
+    let ack = rig
+        .command("mire-pads", "pad-9", set(heat(40.0), 2, 5_000))
+        .await;
+    assert_eq!(ack.outcome, AckOutcome::Rejected);
+    assert!(ack.reason.unwrap_or_default().contains("pad-9"));
+    let ack = rig
+        .command("mire-pads", "pad-2", set(laser(100.0), 3, 5_000))
+        .await;
+    assert_eq!(ack.outcome, AckOutcome::Rejected, "{ack:?}");
+    let ack = rig
+        .command("mire-pads", "pad-2", set(heat(60.0), 4, 5_000))
+        .await;
+    assert_eq!(
+        ack.outcome,
+        AckOutcome::Rejected,
+        "above the pad's 43 C: {ack:?}"
+    );
+    let ack = rig
+        .command("mire-pads", "pad-2", set(heat(40.0), 5, 3_600_000))
+        .await;
+    assert_eq!(
+        ack.outcome,
+        AckOutcome::Rejected,
+        "an hour's lease: {ack:?}"
+    );
+    assert!(!rig.energised("mire-pads", "pad-2"));
+
+    // Stop, and the telemetry says so; a renewal afterwards starts nothing.
+    let ack = rig.command("mire-pads", "pad-1", stop()).await;
+    assert_eq!(ack.outcome, AckOutcome::Accepted);
+    assert!(!rig.energised("mire-pads", "pad-1"));
+    rig.telemetry("mire-pads", |m| m.channel == "pad-1" && !m.delivering)
+        .await;
+    let ack = rig.command("mire-pads", "pad-1", renew(6, 5_000)).await;
+    assert_eq!(ack.outcome, AckOutcome::Expired, "{ack:?}");
+    assert!(!rig.energised("mire-pads", "pad-1"));
+    let state = rig.sim.state("mire-pads").expect("simulated");
+    assert!(
+        state.acks >= 7 && state.telemetry > 0 && state.rejected == 0,
+        "{state:?}"
+    );
+    rig.cancel.cancel();
+    tokio::time::timeout(WAIT, rig.sim.join())
+        .await
+        .expect("the simulator ends after cancel");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulator_acks_and_publishes_telemetry_on_rumqttd() {
+    acks_and_telemetry(TestBroker::embedded().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulator_acks_and_publishes_telemetry_on_mosquitto() {
+    acks_and_telemetry(TestBroker::mosquitto()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulator_stops_within_one_lease_period_without_renewals() {
+    let broker = TestBroker::embedded().await;
+    let mut rig = Rig::start(broker, "sim-lease", &["lllt-808"], &[]).await;
+    const LEASE_MS: u64 = 400;
+    let started = Instant::now();
+    let ack = rig
+        .command("lllt-808", "probe", set(laser(100.0), 1, LEASE_MS))
+        .await;
+    assert_eq!(ack.outcome, AckOutcome::Accepted);
+    // Renewed for three lease periods: it keeps delivering past the first lease.
+    let mut lease = 1;
+    while started.elapsed() < Duration::from_millis(3 * LEASE_MS) {
+        tokio::time::sleep(Duration::from_millis(LEASE_MS / 4)).await;
+        lease += 1;
+        let ack = rig
+            .command("lllt-808", "probe", renew(lease, LEASE_MS))
+            .await;
+        assert_eq!(
+            (ack.outcome, ack.lease_id),
+            (AckOutcome::Accepted, Some(lease))
+        );
+        assert!(rig.energised("lllt-808", "probe"));
+    }
+    let m = rig
+        .telemetry("lllt-808", |m| {
+            matches!(m.measurement, Measurement::OpticalPowerMw(_)) && m.delivering
+        })
+        .await;
+    // 100 mW with 1 % noise.
+    assert!(
+        matches!(m.measurement, Measurement::OpticalPowerMw(p) if (90.0..110.0).contains(&p)),
+        "{m:?}"
+    );
+
+    // No more renewals: off within one lease period (plus a telemetry period and slack for a
+    // loaded machine).
+    let last_renewal = Instant::now();
+    let mut state = rig.sim.watch("lllt-808").expect("simulated");
+    tokio::time::timeout(WAIT, state.wait_for(|s| !s.any_energised()))
+        .await
+        .expect("the device stops by itself")
+        .expect("simulator running");
+    let off_after = last_renewal.elapsed();
+    assert!(
+        off_after <= Duration::from_millis(LEASE_MS) + Duration::from_millis(500),
+        "stopped {off_after:?} after the last renewal, lease {LEASE_MS} ms"
+    );
+    let m = rig.telemetry("lllt-808", |m| !m.delivering).await;
+    assert_eq!(m.lease_id, None);
+    // Late renewal: expired, stays off.
+    let ack = rig
+        .command("lllt-808", "probe", renew(lease + 1, LEASE_MS))
+        .await;
+    assert_eq!(ack.outcome, AckOutcome::Expired);
+    assert!(!rig.energised("lllt-808", "probe"));
+    rig.cancel.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulator_stops_when_the_broker_dies() {
+    let broker = TestBroker::mosquitto();
+    let mut rig = Rig::start(broker, "sim-broker-dies", &["mire-pads"], &[]).await;
+    const LEASE_MS: u64 = 500;
+    let ack = rig
+        .command(
+            "mire-pads",
+            "lamp",
+            set(
+                Setpoint::Heat(HeatSetpoint {
+                    target_temp_c: 40.0,
+                    power_limit_w: 100.0,
+                }),
+                1,
+                LEASE_MS,
+            ),
+        )
+        .await;
+    assert_eq!(ack.outcome, AckOutcome::Accepted);
+    let killed = Instant::now();
+    rig.broker.mosquitto_mut().kill();
+    let mut state = rig.sim.watch("mire-pads").expect("simulated");
+    tokio::time::timeout(WAIT, state.wait_for(|s| !s.any_energised()))
+        .await
+        .expect("the device stops by itself")
+        .expect("simulator running");
+    assert!(
+        killed.elapsed() <= Duration::from_millis(LEASE_MS + 500),
+        "{:?}",
+        killed.elapsed()
+    );
+    rig.cancel.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulator_faults_show_in_telemetry() {
+    let broker = TestBroker::embedded().await;
+    let rogue = Faults {
+        ignore_leases: true,
+        ignore_stop: true,
+        ..Faults::default()
+    };
+    let drifting = Faults {
+        electrode_lifting_ohm_per_s: Some(2_000.0),
+        ..Faults::default()
+    };
+    let mut rig = Rig::start(
+        broker,
+        "sim-faults",
+        &["lllt-808", "laser-acupuncture-probe", "tens-2ch"],
+        &[("lllt-808", rogue), ("tens-2ch", drifting)],
+    )
+    .await;
+
+    // Ignoring leases: still delivering long after a 200 ms lease, and says so.
+    let ack = rig
+        .command("lllt-808", "probe", set(laser(100.0), 1, 200))
+        .await;
+    assert_eq!(ack.outcome, AckOutcome::Accepted);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(rig.energised("lllt-808", "probe"));
+    let m = rig.telemetry("lllt-808", |_| true).await;
+    assert!(m.delivering, "{m:?}");
+
+    // Ignoring stops: acks the stop as accepted and carries on.
+    let ack = rig.command("lllt-808", "probe", stop()).await;
+    assert_eq!(ack.outcome, AckOutcome::Accepted);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let m = rig.telemetry("lllt-808", |_| true).await;
+    assert!(m.delivering, "a stop was acked but energy continues: {m:?}");
+
+    // Fixed at run time: the same device now obeys.
+    rig.sim
+        .set_faults("lllt-808", Faults::default())
+        .expect("simulated device");
+    let ack = rig.command("lllt-808", "probe", stop()).await;
+    assert_eq!(ack.outcome, AckOutcome::Accepted);
+    rig.telemetry("lllt-808", |m| !m.delivering).await;
+
+    // Power drift, set at run time: measured power 1.5 times the setpoint.
+    rig.sim
+        .set_faults(
+            "laser-acu-3b",
+            Faults {
+                power_drift: Some(1.5),
+                ..Faults::default()
+            },
+        )
+        .expect("simulated device");
+    let ack = rig
+        .command("laser-acu-3b", "probe", set(laser(200.0), 2, 5_000))
+        .await;
+    assert_eq!(ack.outcome, AckOutcome::Accepted, "{ack:?}");
+    let m = rig.telemetry("laser-acu-3b", |m| m.delivering).await;
+    let m = if matches!(m.measurement, Measurement::OpticalPowerMw(p) if p > 0.0) {
+        m
+    } else {
+        // The first reading after the ack may predate the next physics tick.
+        rig.telemetry(
+            "laser-acu-3b",
+            |m| matches!(m.measurement, Measurement::OpticalPowerMw(p) if p > 0.0),
+        )
+        .await
+    };
+    assert!(
+        matches!(m.measurement, Measurement::OpticalPowerMw(p) if (270.0..330.0).contains(&p)),
+        "{m:?}"
+    );
+
+    // Electrodes lifting: the impedance climbs past twice the nominal 500 ohm.
+    rig.telemetry(
+        "tens-2ch",
+        |m| matches!(m.measurement, Measurement::ImpedanceOhm(z) if z > 1_000.0),
+    )
+    .await;
+
+    // Silence: no telemetry from a silent device for several periods.
+    rig.sim
+        .set_faults(
+            "laser-acu-3b",
+            Faults {
+                silent: true,
+                ..Faults::default()
+            },
+        )
+        .expect("simulated device");
+    tokio::time::sleep(PERIOD * 3).await;
+    let before = rig.sim.state("laser-acu-3b").expect("simulated").telemetry;
+    tokio::time::sleep(PERIOD * 6).await;
+    assert_eq!(
+        rig.sim.state("laser-acu-3b").expect("simulated").telemetry,
+        before,
+        "a silent device sends nothing"
+    );
+    rig.cancel.cancel();
+}
