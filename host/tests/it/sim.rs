@@ -227,7 +227,7 @@ async fn acks_and_telemetry(broker: TestBroker) {
     }
     // 20 expected at 50 ms; the bounds only catch a device that is far off its rate.
     assert!(
-        (8..=40).contains(&count),
+        (5..=40).contains(&count),
         "{count} readings in 1 s at a 50 ms period"
     );
     assert_eq!(delivering, count, "pad-1 delivers throughout its lease");
@@ -334,8 +334,8 @@ async fn simulator_stops_within_one_lease_period_without_renewals() {
         "{m:?}"
     );
 
-    // No more renewals: off within one lease period (plus a telemetry period and slack for a
-    // loaded machine).
+    // No more renewals: off within one lease period (plus slack for a loaded machine: the
+    // device's own timer fires at the lapse; the slack is only scheduling).
     let last_renewal = Instant::now();
     let mut state = rig.sim.watch("lllt-808").expect("simulated");
     tokio::time::timeout(WAIT, state.wait_for(|s| !s.any_energised()))
@@ -344,7 +344,7 @@ async fn simulator_stops_within_one_lease_period_without_renewals() {
         .expect("simulator running");
     let off_after = last_renewal.elapsed();
     assert!(
-        off_after <= Duration::from_millis(LEASE_MS) + Duration::from_millis(500),
+        off_after <= Duration::from_millis(LEASE_MS) + Duration::from_secs(1),
         "stopped {off_after:?} after the last renewal, lease {LEASE_MS} ms"
     );
     let m = rig.telemetry("lllt-808", |m| !m.delivering).await;
@@ -386,7 +386,7 @@ async fn simulator_stops_when_the_broker_dies() {
         .expect("the device stops by itself")
         .expect("simulator running");
     assert!(
-        killed.elapsed() <= Duration::from_millis(LEASE_MS + 500),
+        killed.elapsed() <= Duration::from_millis(LEASE_MS + 1_000),
         "{:?}",
         killed.elapsed()
     );
