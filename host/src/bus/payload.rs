@@ -91,9 +91,10 @@ pub struct ControllerState {
     pub version: String,
 }
 
-/// Where a therapy session is in its life cycle.
+/// Where a therapy session is in its life cycle. The names are those of the session state
+/// machine (`crate::session`), kebab-case: `e-stopped`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "kebab-case")]
 pub enum SessionState {
     /// The protocol file is loaded.
     Loaded,
