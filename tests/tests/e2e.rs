@@ -2,8 +2,23 @@
 
 use std::process::Command;
 
-/// The `modalis` binary of this workspace, built if it is not yet.
+/// The `modalis` binary of this workspace.
+///
+/// Under `cargo test --workspace` (the README's test command) cargo has just built it, with
+/// the workspace's features, next to this test's own executable (`target/<profile>/deps/..`):
+/// use that one. Building it again through a nested `cargo build -p modalis` would select a
+/// different set of packages, unify features differently and rebuild half the dependency tree.
+/// Run alone (`cargo test -p modalis-e2e`), the binary may be missing (then it is built here)
+/// or left from an earlier build: run the workspace's tests, as the README says, to be sure.
 fn modalis() -> Command {
+    let beside = std::env::current_exe().ok().and_then(|exe| {
+        exe.parent()
+            .and_then(|deps| deps.parent())
+            .map(|dir| dir.join("modalis"))
+    });
+    if let Some(bin) = beside.filter(|b| b.is_file()) {
+        return Command::new(bin);
+    }
     escargot::CargoBuild::new()
         .package("modalis")
         .bin("modalis")

@@ -396,13 +396,17 @@ impl PluginRuntime {
 
     /// Loads a plugin from bytes; `label` names it in errors until it has described itself.
     pub fn load_bytes(&self, label: &str, bytes: &[u8]) -> Result<Plugin, PluginError> {
-        let component = self.compile(label, bytes)?.0;
         let wasm_sha256 = hex::encode(Sha256::digest(bytes));
+        let component = self.compile_hashed(label, bytes, &wasm_sha256)?.0;
         self.prepare(label, wasm_sha256, component)
     }
 
     /// Compiles (or loads from the cache) without instantiating. Returns whether the cache hit.
     pub fn compile(&self, label: &str, bytes: &[u8]) -> Result<(Component, bool), PluginError> {
+        self.compile_hashed(label, bytes, &hex::encode(Sha256::digest(bytes)))
+    }
+
+    fn compile_hashed(&self, label: &str, bytes: &[u8], wasm_sha256: &str) -> Result<(Component, bool), PluginError> {
         if !bytes.starts_with(b"\0asm") {
             return Err(PluginError::NotWasm {
                 plugin: label.to_string(),
@@ -415,8 +419,7 @@ impl PluginRuntime {
                 plugin: label.to_string(),
             });
         }
-        let wasm_sha256 = hex::encode(Sha256::digest(bytes));
-        if let Some(c) = self.cache.get(&self.engine, &wasm_sha256) {
+        if let Some(c) = self.cache.get(&self.engine, wasm_sha256) {
             return Ok((c, true));
         }
         let artifact =
@@ -426,14 +429,14 @@ impl PluginRuntime {
                     plugin: label.to_string(),
                     message: format!("{e:#}"),
                 })?;
-        if let Err(e) = self.cache.put(&wasm_sha256, &artifact) {
+        if let Err(e) = self.cache.put(wasm_sha256, &artifact) {
             // A cache we cannot write costs start-up time, not correctness.
             tracing::warn!(error = %e, "plugin not cached");
         }
         // Deserialise what we just produced ourselves (never foreign bytes): the same path the
         // cache takes, so a cold and a warm start run identical code.
         self.cache
-            .get(&self.engine, &wasm_sha256)
+            .get(&self.engine, wasm_sha256)
             .map(|c| (c, false))
             .map_or_else(
                 || {

@@ -9,7 +9,17 @@
 use std::fmt;
 
 /// Where a session is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum SessionState {
     /// The protocol is loaded and its parameters validated.
@@ -36,7 +46,10 @@ pub enum SessionState {
 impl SessionState {
     /// Whether the session can never change state again.
     pub fn is_final(self) -> bool {
-        matches!(self, SessionState::Completed | SessionState::Aborted | SessionState::EStopped)
+        matches!(
+            self,
+            SessionState::Completed | SessionState::Aborted | SessionState::EStopped
+        )
     }
 
     /// Whether devices may deliver energy in this state.
@@ -169,13 +182,19 @@ pub fn next(state: SessionState, event: &SessionEvent) -> Result<SessionState, R
         (S::Running, E::Finished) => Ok(S::Completed),
         (S::Loaded, _) => refuse("plan the session first"),
         (S::Planned, _) => refuse("run the governor's pre-check first"),
-        (S::Checked, E::Start { .. }) => refuse("an operator must arm the session after reading the dose report"),
+        (S::Checked, E::Start { .. }) => {
+            refuse("an operator must arm the session after reading the dose report")
+        }
         (S::Checked, _) => refuse("the session must be armed by an operator"),
         (S::Armed, _) => refuse("an armed session can only be started, aborted or e-stopped"),
         (S::Running, E::Resume { .. }) => refuse("the session is already running"),
-        (S::Running, _) => refuse("a running session can only be paused, finish, be aborted or e-stopped"),
+        (S::Running, _) => {
+            refuse("a running session can only be paused, finish, be aborted or e-stopped")
+        }
         (S::Paused, E::Finished) => refuse("a paused session cannot finish; resume or abort it"),
-        (S::Paused, _) => refuse("a paused session can only be resumed by an operator, aborted or e-stopped"),
+        (S::Paused, _) => {
+            refuse("a paused session can only be resumed by an operator, aborted or e-stopped")
+        }
         (S::Completed | S::Aborted | S::EStopped, _) => refuse("the session has ended"),
     }
 }
@@ -191,17 +210,35 @@ mod tests {
             E::Planned,
             E::Checked { armable: true },
             E::Checked { armable: false },
-            E::Arm { operator: "op".into() },
-            E::Start { operator: "op".into() },
+            E::Arm {
+                operator: "op".into(),
+            },
+            E::Start {
+                operator: "op".into(),
+            },
             E::Pause { reason: "r".into() },
-            E::Resume { operator: "op".into() },
+            E::Resume {
+                operator: "op".into(),
+            },
             E::Finished,
             E::Abort { reason: "r".into() },
-            E::EStop { source: "panel".into() },
+            E::EStop {
+                source: "panel".into(),
+            },
         ]
     }
 
-    const STATES: [SessionState; 9] = [S::Loaded, S::Planned, S::Checked, S::Armed, S::Running, S::Paused, S::Completed, S::Aborted, S::EStopped];
+    const STATES: [SessionState; 9] = [
+        S::Loaded,
+        S::Planned,
+        S::Checked,
+        S::Armed,
+        S::Running,
+        S::Paused,
+        S::Completed,
+        S::Aborted,
+        S::EStopped,
+    ];
 
     /// The complete transition table: every state × every event, the expected outcome.
     #[test]
@@ -231,13 +268,22 @@ mod tests {
                 } else if key == "abort" {
                     Some(S::Aborted)
                 } else {
-                    allowed.iter().find(|(s, k, _)| *s == state && *k == key).map(|(_, _, t)| *t)
+                    allowed
+                        .iter()
+                        .find(|(s, k, _)| *s == state && *k == key)
+                        .map(|(_, _, t)| *t)
                 };
                 match (expected, got) {
                     (Some(t), Ok(g)) => assert_eq!(g, t, "{state} --{key}-->"),
                     (None, Err(r)) => {
                         assert_eq!(r.state, state);
-                        assert!(r.to_string().starts_with(&format!("cannot {} a session that is {state}", ev.name())), "{r}");
+                        assert!(
+                            r.to_string().starts_with(&format!(
+                                "cannot {} a session that is {state}",
+                                ev.name()
+                            )),
+                            "{r}"
+                        );
                     }
                     (e, g) => panic!("{state} --{key}--> expected {e:?}, got {g:?}"),
                 }
@@ -247,9 +293,21 @@ mod tests {
 
     #[test]
     fn resuming_is_never_automatic_and_arming_needs_the_check() {
-        let r = next(S::Checked, &E::Start { operator: "op".into() }).expect_err("refused");
+        let r = next(
+            S::Checked,
+            &E::Start {
+                operator: "op".into(),
+            },
+        )
+        .expect_err("refused");
         assert!(r.reason.contains("must arm"), "{r}");
-        let r = next(S::Planned, &E::Arm { operator: "op".into() }).expect_err("refused");
+        let r = next(
+            S::Planned,
+            &E::Arm {
+                operator: "op".into(),
+            },
+        )
+        .expect_err("refused");
         assert!(r.reason.contains("pre-check"), "{r}");
     }
 
