@@ -406,7 +406,12 @@ impl PluginRuntime {
         self.compile_hashed(label, bytes, &hex::encode(Sha256::digest(bytes)))
     }
 
-    fn compile_hashed(&self, label: &str, bytes: &[u8], wasm_sha256: &str) -> Result<(Component, bool), PluginError> {
+    fn compile_hashed(
+        &self,
+        label: &str,
+        bytes: &[u8],
+        wasm_sha256: &str,
+    ) -> Result<(Component, bool), PluginError> {
         if !bytes.starts_with(b"\0asm") {
             return Err(PluginError::NotWasm {
                 plugin: label.to_string(),
