@@ -8,5 +8,6 @@ pub mod broker;
 pub mod bus;
 pub mod cli;
 pub mod plugin;
+pub mod protocol;
 pub mod session;
 pub mod sim;

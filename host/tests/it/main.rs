@@ -3,6 +3,7 @@
 mod bus;
 mod cli;
 mod first_party;
+mod protocol;
 mod runtime;
 mod schemas;
 mod sim;
