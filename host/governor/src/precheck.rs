@@ -208,6 +208,24 @@ impl Governor {
         })
     }
 
+    /// This governor for a session played `speed` times faster than real time (a simulation,
+    /// such as the demo; `speed` 1 changes nothing).
+    ///
+    /// On a compressed clock every treatment time (steps, session caps, dose) is compressed
+    /// with the plan, which is the point. Two periods are not treatment times: the lease
+    /// period and the telemetry staleness limit bound how long a *real* device may run on
+    /// without hearing from the controller, and how old a reading may be, over a real
+    /// network. They keep their wall-clock length, so on the session clock they are `speed`
+    /// times longer. Nothing else changes, and nothing gets looser in wall time.
+    pub fn time_compressed(mut self, speed: u32) -> Governor {
+        let speed = u64::from(speed.max(1));
+        for lim in std::iter::once(&mut self.limits).chain(self.device_limits.iter_mut()) {
+            lim.lease_period_ms = lim.lease_period_ms.saturating_mul(speed);
+            lim.staleness_limit_ms = lim.staleness_limit_ms.saturating_mul(speed);
+        }
+        self
+    }
+
     /// The profile with this id.
     pub fn profile(&self, id: &str) -> Option<&DeviceProfile> {
         self.profiles.iter().find(|p| p.id == id)

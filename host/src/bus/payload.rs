@@ -91,30 +91,9 @@ pub struct ControllerState {
     pub version: String,
 }
 
-/// Where a therapy session is in its life cycle. The names are those of the session state
-/// machine (`crate::session`), kebab-case: `e-stopped`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum SessionState {
-    /// The protocol file is loaded.
-    Loaded,
-    /// The plugins have planned every block.
-    Planned,
-    /// The governor's pre-check and dose report are done.
-    Checked,
-    /// The operator confirmed and the interlocks are made.
-    Armed,
-    /// Steps are being delivered.
-    Running,
-    /// Paused by the operator; every source is off.
-    Paused,
-    /// Every step was delivered.
-    Completed,
-    /// Stopped before the end.
-    Aborted,
-    /// Stopped by an emergency stop.
-    EStopped,
-}
+/// Where a therapy session is in its life cycle: the session state machine's own enum, so the
+/// wire and the controller cannot disagree about names (kebab-case: `e-stopped`).
+pub use crate::session::machine::SessionState;
 
 /// A step of an approved plan: block id and step index.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]

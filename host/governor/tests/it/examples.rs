@@ -279,3 +279,51 @@ fn report_table_lists_sites_and_refusals() {
         |a| matches!(a.setpoint, Setpoint::Optical(o) if (o.power_mw - 100.0).abs() < 1e-9)
     ));
 }
+
+#[test]
+fn time_compression_keeps_leases_and_staleness_in_wall_time_only() {
+    let steps = vec![step(0.0, 1800.0, "pad-1", "thigh:left", heat(39.0, 5.0))];
+    let blocks = [block("b", MIRE_ID, 0.0, steps)];
+    let plain = governor(normal_patient());
+    let fast = governor(normal_patient()).time_compressed(60);
+    let lim = |g: &Governor| g.device_limits(MIRE_ID).cloned().expect("profile");
+    assert_eq!(lim(&fast).lease_period_ms, 60 * lim(&plain).lease_period_ms);
+    assert_eq!(
+        lim(&fast).staleness_limit_ms,
+        60 * lim(&plain).staleness_limit_ms
+    );
+    // Every treatment limit, and so the pre-check and the dose report, is unchanged.
+    let mut a = lim(&fast);
+    a.lease_period_ms = lim(&plain).lease_period_ms;
+    a.staleness_limit_ms = lim(&plain).staleness_limit_ms;
+    assert_eq!(a, lim(&plain));
+    let (pa, pb) = (plain.precheck(&blocks), fast.precheck(&blocks));
+    assert_eq!(pa.report.to_json(), pb.report.to_json());
+    // The lease granted on the session clock lasts the wall-clock period times the speed.
+    let cmd = Command {
+        device_id: MIRE_ID.into(),
+        channel: "pad-1".into(),
+        site: site("thigh:left"),
+        setpoint: heat(39.0, 5.0),
+        step: StepRef {
+            block_id: "b".into(),
+            step_index: 0,
+        },
+    };
+    let lease = |g: &Governor, pre: &Precheck| {
+        let mut s = g.arm(pre, 0).expect("armable");
+        let d = s.admit(&cmd, 1_000);
+        assert!(d.admitted(), "{d:?}");
+        d.lease.map(|l| l.expires_at_ms)
+    };
+    assert_eq!(lease(&plain, &pa), Some(1_000 + limits::LEASE_PERIOD_MS));
+    assert_eq!(
+        lease(&fast, &pb),
+        Some(1_000 + 60 * limits::LEASE_PERIOD_MS)
+    );
+    // Speed 0 or 1 is real time.
+    assert_eq!(
+        lim(&governor(normal_patient()).time_compressed(0)),
+        lim(&plain)
+    );
+}
