@@ -10,4 +10,13 @@ pub mod cli;
 pub mod plugin;
 pub mod protocol;
 pub mod session;
+pub mod shutdown;
 pub mod sim;
+
+/// The controller id used when none is given: the `<controller>` level of every topic
+/// (`modalis/v1/<controller>/...`) and the audit log's controller id.
+pub const DEFAULT_CONTROLLER_ID: &str = "controller-1";
+
+/// The broker used when none is given: the embedded one `modalis run` starts, or a local
+/// mosquitto.
+pub const DEFAULT_BROKER_URL: &str = "mqtt://127.0.0.1:1883";
