@@ -7,6 +7,7 @@
 pub mod broker;
 pub mod bus;
 pub mod cli;
+pub mod controller;
 pub mod plugin;
 pub mod protocol;
 pub mod session;

@@ -111,6 +111,7 @@ pub enum Actor {
 #[serde(rename_all = "snake_case")]
 pub enum OperatorAction {
     Arm,
+    Start,
     Pause,
     Resume,
     Abort,

@@ -158,6 +158,11 @@ rules! {
     RUN_OPTICAL_POWER = "run.optical_power", "21 CFR 1040.11 [S]: delivered power within +/-20 % of the set value";
     /// Light measured while the source should be dark.
     RUN_STRAY_EMISSION = "run.stray_emission", "21 CFR 1040.10(f) [S]: no emission without an admitted command";
+    /// A device's telemetry says it is still delivering after the controller stopped it (a
+    /// stop acked or not, a lease lapsed): the device is not obeying. Applied by the
+    /// runtime, which sees the wire's `delivering` flag; the supervisor sees only admitted
+    /// commands.
+    RUN_STOP_IGNORED = "run.stop_ignored", "21 CFR 1040.10(f) [S]: no emission without an admitted command; IEC 60601-1 single fault condition [K]: a device that does not stop is an e-stop";
     /// Electrode impedance out of range (electrode lifting).
     RUN_IMPEDANCE = "run.impedance", "FDA special controls ask for impedance monitoring [S]: impedance rising means current density rising: stop";
     /// The lease of an energised source lapsed.

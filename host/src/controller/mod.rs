@@ -1,0 +1,2340 @@
+//! The controller: one task that owns every session (station) and is the only path from an
+//! approved plan to a device.
+//!
+//! [`Controller::start`] opens the audit log, loads the plugins, connects to the broker and
+//! runs the controller loop on a thread of its own (with its own single-threaded tokio
+//! runtime), so the audit log's write-ahead appends, which block for one group commit, never
+//! stall anything else, and the step timer does not compete with the simulator or a UI.
+//!
+//! The loop is fed by a closed set of inputs: operator requests through the
+//! [`ControllerHandle`], bus events (telemetry, acks, e-stops, connection changes) and its
+//! own timer. Every command goes **governor → audit (write-ahead) → MQTT**: the supervisor
+//! admits it, the audit log has it on disk, and only then is it published. A stop is the
+//! one exception to the middle step: when the audit log fails, a stop is still sent
+//! (stopping is always safe), energy commands are not.
+//!
+//! Shutdown is the [`CancellationToken`] passed in: every session is stopped (stop commands
+//! to every energised source), the retained state goes `offline`, the audit log is closed,
+//! and then the MQTT connection.
+
+mod clock;
+mod station;
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use modalis_audit::{
+    Actor, AuditLog, Decision as AuditDecision, Entry, Event, OperatorAction, Outcome, Severity,
+};
+use modalis_governor::{
+    Action, AlarmPriority as GovPriority, Command, Interlock, StepRef as GovStepRef, rules,
+};
+use modalis_sdk::Setpoint;
+
+use crate::bus::payload::{
+    AckOutcome, AlarmMessage, AlarmPriority, CommandAck, CommandAction, ControllerState,
+    DeviceCommand, DeviceTelemetry, DoseReportMessage, Inbound, LeaseGrant, NextStep, Presence,
+    Sequencer, SessionState, SessionStatus, StepRef, wall_clock_ms,
+};
+use crate::bus::topics::{Topics, check_id};
+use crate::bus::{Bus, BusConfig, BusEvent, BusHandle, Inbox, OutboundMessage, Qos};
+use crate::plugin::{Plugin, PluginRuntime, RuntimeConfig};
+use crate::protocol::{Protocol, ProtocolError};
+use crate::session::machine::{self, SessionEvent};
+
+pub use clock::SessionClock;
+use station::Station;
+pub use station::{BlockTimeline, StationCounters};
+
+/// A plugin for the controller to load.
+#[derive(Debug, Clone)]
+pub struct PluginSource {
+    /// A name for messages (the file or package name).
+    pub label: String,
+    /// The component's bytes.
+    pub bytes: Cow<'static, [u8]>,
+}
+
+/// How the controller runs.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// The controller id: the `<controller>` topic level and the audit log's controller id.
+    pub controller_id: String,
+    /// The broker and credentials. The controller sets its own client id, subscriptions,
+    /// birth and last will.
+    pub bus: BusConfig,
+    /// The audit log's directory.
+    pub audit_dir: PathBuf,
+    /// The plugin runtime (cache directory, sandbox limits).
+    pub runtime: RuntimeConfig,
+    /// The plugins sessions may use, by the id their manifest gives.
+    pub plugins: Vec<PluginSource>,
+    /// Time compression of every session: 1 is real time (the only speed for real patients);
+    /// more plays a simulation faster. See [`modalis_governor::Governor::time_compressed`].
+    pub speed: u32,
+    /// How often leases are renewed, wall clock (a quarter of the 2 s lease period: three
+    /// renewals may be lost before a device stops).
+    pub renew_every: Duration,
+    /// How often the supervisor's watchdog runs while a session runs, wall clock.
+    pub watchdog_every: Duration,
+    /// How often the retained session status is refreshed while a session runs.
+    pub status_every: Duration,
+    /// How long after a stop a device may still report that it is delivering (the stop in
+    /// flight, a telemetry message already sent), wall clock. Longer than that is a device
+    /// ignoring its stop.
+    pub stop_grace: Duration,
+}
+
+impl ControllerConfig {
+    /// Defaults for a controller `controller_id` on the broker of `bus`.
+    pub fn new(
+        controller_id: &str,
+        bus: BusConfig,
+        audit_dir: PathBuf,
+        runtime: RuntimeConfig,
+        plugins: Vec<PluginSource>,
+    ) -> ControllerConfig {
+        ControllerConfig {
+            controller_id: controller_id.to_string(),
+            bus,
+            audit_dir,
+            runtime,
+            plugins,
+            speed: 1,
+            renew_every: Duration::from_millis(500),
+            watchdog_every: Duration::from_millis(20),
+            status_every: Duration::from_millis(500),
+            stop_grace: Duration::from_millis(400),
+        }
+    }
+}
+
+/// Why the controller refused a request or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// The protocol's parameters or timeline are wrong; every problem, each at its
+    /// file:line:column.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Protocol(Vec<ProtocolError>),
+    /// A block names a plugin the controller has not loaded.
+    #[error("block {block:?}: no plugin {plugin:?} is loaded")]
+    UnknownPlugin {
+        /// Block.
+        block: String,
+        /// Plugin id.
+        plugin: String,
+    },
+    /// A block's plugin is for another modality than its device.
+    #[error(
+        "{file}: block {block:?}: plugin {plugin:?} plans {plugin_modality}, but device {device:?} delivers {device_modality}"
+    )]
+    Modality {
+        /// Protocol file.
+        file: String,
+        /// Block.
+        block: String,
+        /// Plugin id.
+        plugin: String,
+        /// The plugin's modality.
+        plugin_modality: String,
+        /// Device id.
+        device: String,
+        /// The device's modality.
+        device_modality: String,
+    },
+    /// A plugin refused to plan.
+    #[error("block {block:?}: plugin {plugin:?} could not plan: {message}")]
+    Plan {
+        /// Block.
+        block: String,
+        /// Plugin id.
+        plugin: String,
+        /// Its error.
+        message: String,
+    },
+    /// A plugin failed in the sandbox (trap, fuel, deadline, quarantine).
+    #[error("block {block:?}: plugin {plugin:?} failed: {message}")]
+    Plugin {
+        /// Block.
+        block: String,
+        /// Plugin id.
+        plugin: String,
+        /// What happened.
+        message: String,
+    },
+    /// A plugin file could not be loaded at start.
+    #[error("plugin {label}: {message}")]
+    PluginLoad {
+        /// The plugin's label.
+        label: String,
+        /// Why.
+        message: String,
+    },
+    /// The governor refused the profiles or the patient context.
+    #[error("governor: {0}")]
+    Governor(String),
+    /// The pre-check refused something: the session cannot be armed.
+    #[error("{0}")]
+    Arm(String),
+    /// A device is already used by another live session.
+    #[error("device {device:?} is in use by session {session:?}")]
+    DeviceBusy {
+        /// Device.
+        device: String,
+        /// The session using it.
+        session: String,
+    },
+    /// No session with that id.
+    #[error("no session {0:?}")]
+    UnknownSession(String),
+    /// A session id that cannot be a topic level, or is taken.
+    #[error("session id {id:?}: {reason}")]
+    SessionId {
+        /// The id.
+        id: String,
+        /// Why.
+        reason: String,
+    },
+    /// The state machine refused the request.
+    #[error(transparent)]
+    Refused(#[from] machine::Refused),
+    /// The audit log failed; nothing unrecorded was sent.
+    #[error("audit log: {0}")]
+    Audit(#[from] modalis_audit::AuditError),
+    /// The MQTT connection could not start.
+    #[error("MQTT: {0}")]
+    Bus(#[from] crate::bus::BusError),
+    /// The controller is not running any more.
+    #[error("the controller has stopped")]
+    Stopped,
+    /// The controller thread could not start.
+    #[error("could not start the controller: {0}")]
+    Start(String),
+}
+
+/// A session after loading, planning and the pre-check: what the operator reads before
+/// arming.
+#[derive(Debug, Clone, Serialize)]
+pub struct Prepared {
+    /// Session id.
+    pub session: String,
+    /// The protocol's name.
+    pub protocol: String,
+    /// Whether it can be armed (nothing refused).
+    pub armable: bool,
+    /// The dose report as a table, for a terminal.
+    pub report_table: String,
+    /// The dose report as JSON.
+    pub report: serde_json::Value,
+    /// The blocks on the session timeline.
+    pub blocks: Vec<BlockTimeline>,
+    /// Planned duration, session ms.
+    pub total_ms: u64,
+    /// Approved steps.
+    pub steps: usize,
+}
+
+/// A session's state as the controller sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionSnapshot {
+    /// Session id.
+    pub session: String,
+    /// State.
+    pub state: SessionState,
+    /// Session time, ms.
+    pub elapsed_ms: u64,
+    /// Planned duration, ms.
+    pub total_ms: u64,
+    /// Steps emitted so far.
+    pub emitted: usize,
+    /// Approved steps.
+    pub steps: usize,
+    /// Counters.
+    pub counters: StationCounters,
+    /// Start jitter percentiles of the emitted steps, microseconds: (p50, p99, max).
+    pub jitter_us: Option<(u64, u64, u64)>,
+    /// Why it ended, once it has.
+    pub ended: Option<String>,
+    /// Sources energised now (device, channel).
+    pub energised: Vec<(String, String)>,
+}
+
+/// Controller-wide counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ControllerStats {
+    /// Inbound messages that failed the wire contract (never acted on).
+    pub rejected_inbound: u64,
+    /// Valid messages from devices no live session owns (never acted on).
+    pub unknown_device: u64,
+    /// Acks for command ids the controller does not know.
+    pub unknown_acks: u64,
+    /// Publishes that failed (connection down, queue full).
+    pub publish_failures: u64,
+    /// Audit appends that failed.
+    pub audit_failures: u64,
+}
+
+/// What a UI can follow.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum ControllerEvent {
+    /// A session changed state.
+    State {
+        /// Session.
+        session: String,
+        /// New state.
+        state: SessionState,
+        /// Why, when it ended.
+        reason: Option<String>,
+    },
+    /// A step was emitted (or refused at emission).
+    Step {
+        /// Session.
+        session: String,
+        /// Which step.
+        step: StepRef,
+        /// Its label.
+        label: String,
+        /// Whether the supervisor admitted it.
+        admitted: bool,
+        /// How late it went out, wall clock, microseconds.
+        jitter_us: u64,
+    },
+    /// Session time advanced (a few times a second while running).
+    Progress {
+        /// Session.
+        session: String,
+        /// Session time, ms.
+        elapsed_ms: u64,
+        /// Planned duration, ms.
+        total_ms: u64,
+    },
+    /// An alarm.
+    Alarm(AlarmMessage),
+    /// The broker connection changed.
+    Broker {
+        /// Up or down.
+        connected: bool,
+    },
+}
+
+enum Request {
+    Prepare {
+        protocol: Box<Protocol>,
+        protocol_text_sha256: String,
+        session: Option<String>,
+        reply: oneshot::Sender<Result<Prepared, ControllerError>>,
+    },
+    Arm {
+        session: String,
+        operator: String,
+        reply: oneshot::Sender<Result<(), ControllerError>>,
+    },
+    Start {
+        session: String,
+        operator: String,
+        reply: oneshot::Sender<Result<(), ControllerError>>,
+    },
+    Pause {
+        session: String,
+        reason: String,
+        reply: oneshot::Sender<Result<(), ControllerError>>,
+    },
+    Resume {
+        session: String,
+        operator: String,
+        reply: oneshot::Sender<Result<(), ControllerError>>,
+    },
+    Abort {
+        session: String,
+        reason: String,
+        reply: oneshot::Sender<Result<(), ControllerError>>,
+    },
+    Estop {
+        source: String,
+        reason: String,
+        reply: oneshot::Sender<()>,
+    },
+    Snapshot {
+        session: String,
+        reply: oneshot::Sender<Option<SessionSnapshot>>,
+    },
+    Stats {
+        reply: oneshot::Sender<ControllerStats>,
+    },
+}
+
+/// The running controller, to send operator requests to and follow.
+#[derive(Debug)]
+pub struct ControllerHandle {
+    tx: mpsc::Sender<Request>,
+    events: broadcast::Sender<ControllerEvent>,
+    done: Option<oneshot::Receiver<Result<(), String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    audit_dir: PathBuf,
+    topics: Topics,
+}
+
+/// The controller.
+#[derive(Debug)]
+pub struct Controller;
+
+impl Controller {
+    /// Opens the audit log, loads the plugins, starts the controller thread and connects to
+    /// the broker (the connection keeps retrying in the background; sessions can be prepared
+    /// meanwhile). Stops when `cancel` fires.
+    pub async fn start(
+        config: ControllerConfig,
+        cancel: CancellationToken,
+    ) -> Result<ControllerHandle, ControllerError> {
+        check_id("controller", &config.controller_id).map_err(|e| ControllerError::SessionId {
+            id: config.controller_id.clone(),
+            reason: e.to_string(),
+        })?;
+        let topics =
+            Topics::new(&config.controller_id).map_err(|e| ControllerError::SessionId {
+                id: config.controller_id.clone(),
+                reason: e.to_string(),
+            })?;
+        let (tx, rx) = mpsc::channel(64);
+        let (events, _) = broadcast::channel(4096);
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let (done_tx, done_rx) = oneshot::channel();
+        let audit_dir = config.audit_dir.clone();
+        let ev = events.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("controller-{}", config.controller_id))
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(ControllerError::Start(e.to_string())));
+                        return;
+                    }
+                };
+                let result = rt.block_on(async move {
+                    let core = match Core::open(config, ev).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return Ok(());
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(()));
+                    core.run(rx, cancel).await
+                });
+                let _ = done_tx.send(result);
+            })
+            .map_err(|e| ControllerError::Start(e.to_string()))?;
+        match ready_rx.await {
+            Ok(Ok(())) => Ok(ControllerHandle {
+                tx,
+                events,
+                done: Some(done_rx),
+                thread: Some(thread),
+                audit_dir,
+                topics,
+            }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => {
+                let _ = thread.join();
+                Err(ControllerError::Start("the controller thread ended".into()))
+            }
+        }
+    }
+}
+
+impl ControllerHandle {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Request,
+    ) -> Result<T, ControllerError> {
+        let (reply, wait) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| ControllerError::Stopped)?;
+        wait.await.map_err(|_| ControllerError::Stopped)
+    }
+
+    /// Loads a protocol as a new session, has the plugins plan it and the governor pre-check
+    /// it: loaded → planned → checked (or aborted when the pre-check refuses something).
+    /// `protocol_text` is the file's text, whose SHA-256 goes in the audit log. `session` is
+    /// the id, or `None` for the next `session-<n>`.
+    pub async fn prepare(
+        &self,
+        protocol: Protocol,
+        protocol_text: &str,
+        session: Option<String>,
+    ) -> Result<Prepared, ControllerError> {
+        let protocol_text_sha256 = sha256_hex(protocol_text.as_bytes());
+        self.ask(|reply| Request::Prepare {
+            protocol: Box::new(protocol),
+            protocol_text_sha256,
+            session,
+            reply,
+        })
+        .await?
+    }
+
+    /// An operator arms a checked session after reading the dose report, confirming the
+    /// laser interlocks (key switch, door, emission indicator) and eyewear for every laser
+    /// device of the session.
+    pub async fn arm(&self, session: &str, operator: &str) -> Result<(), ControllerError> {
+        let (session, operator) = (session.to_string(), operator.to_string());
+        self.ask(|reply| Request::Arm {
+            session,
+            operator,
+            reply,
+        })
+        .await?
+    }
+
+    /// An operator starts an armed session: its clock starts and steps go out on time.
+    pub async fn start(&self, session: &str, operator: &str) -> Result<(), ControllerError> {
+        let (session, operator) = (session.to_string(), operator.to_string());
+        self.ask(|reply| Request::Start {
+            session,
+            operator,
+            reply,
+        })
+        .await?
+    }
+
+    /// Pauses a running session: every source stops, its clock holds.
+    pub async fn pause(&self, session: &str, reason: &str) -> Result<(), ControllerError> {
+        let (session, reason) = (session.to_string(), reason.to_string());
+        self.ask(|reply| Request::Pause {
+            session,
+            reason,
+            reply,
+        })
+        .await?
+    }
+
+    /// An operator resumes a paused session where it stopped.
+    pub async fn resume(&self, session: &str, operator: &str) -> Result<(), ControllerError> {
+        let (session, operator) = (session.to_string(), operator.to_string());
+        self.ask(|reply| Request::Resume {
+            session,
+            operator,
+            reply,
+        })
+        .await?
+    }
+
+    /// Aborts a session: every source stops, for good.
+    pub async fn abort(&self, session: &str, reason: &str) -> Result<(), ControllerError> {
+        let (session, reason) = (session.to_string(), reason.to_string());
+        self.ask(|reply| Request::Abort {
+            session,
+            reason,
+            reply,
+        })
+        .await?
+    }
+
+    /// Emergency stop of every session, as the MQTT e-stop input does.
+    pub async fn estop(&self, source: &str, reason: &str) -> Result<(), ControllerError> {
+        let (source, reason) = (source.to_string(), reason.to_string());
+        self.ask(|reply| Request::Estop {
+            source,
+            reason,
+            reply,
+        })
+        .await
+    }
+
+    /// A session's state now.
+    pub async fn snapshot(&self, session: &str) -> Result<SessionSnapshot, ControllerError> {
+        let s = session.to_string();
+        self.ask(|reply| Request::Snapshot { session: s, reply })
+            .await?
+            .ok_or_else(|| ControllerError::UnknownSession(session.to_string()))
+    }
+
+    /// Controller-wide counters.
+    pub async fn stats(&self) -> Result<ControllerStats, ControllerError> {
+        self.ask(|reply| Request::Stats { reply }).await
+    }
+
+    /// Follows the controller's events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<ControllerEvent> {
+        self.events.subscribe()
+    }
+
+    /// Waits until `session` has ended (completed, aborted or e-stopped), or `timeout`.
+    pub async fn wait_ended(
+        &self,
+        session: &str,
+        timeout: Duration,
+    ) -> Result<SessionSnapshot, ControllerError> {
+        let mut rx = self.subscribe();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let snap = self.snapshot(session).await?;
+            if snap.state.is_final() {
+                return Ok(snap);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(snap);
+            }
+            // Any event (or a lag, or a quiet second) is a reason to look again.
+            let _ = tokio::time::timeout(left.min(Duration::from_secs(1)), rx.recv()).await;
+        }
+    }
+
+    /// The audit log's directory.
+    pub fn audit_dir(&self) -> &std::path::Path {
+        &self.audit_dir
+    }
+
+    /// The controller's topics.
+    pub fn topics(&self) -> &Topics {
+        &self.topics
+    }
+
+    /// Waits for the controller to finish after its cancellation token fired: sessions
+    /// stopped, state offline, audit log closed.
+    pub async fn join(mut self) -> Result<(), ControllerError> {
+        let r = match self.done.take() {
+            Some(d) => d.await.unwrap_or(Ok(())),
+            None => Ok(()),
+        };
+        if let Some(t) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        r.map_err(ControllerError::Start)
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+fn priority(p: GovPriority) -> (AlarmPriority, Severity) {
+    match p {
+        GovPriority::Low => (AlarmPriority::Low, Severity::Info),
+        GovPriority::Medium => (AlarmPriority::Medium, Severity::Warning),
+        GovPriority::High => (AlarmPriority::High, Severity::Critical),
+    }
+}
+
+/// What a published command was, to make sense of its ack.
+#[derive(Debug, Clone)]
+struct Pending {
+    session: Option<String>,
+    device: String,
+    channel: String,
+    energy: bool,
+    sent: Instant,
+}
+
+/// The controller loop's state. Only the controller thread touches it.
+struct Core {
+    id: String,
+    topics: Topics,
+    speed: u32,
+    renew_every: Duration,
+    watchdog_every: Duration,
+    status_every: Duration,
+    stop_grace_ms: u64,
+    bus: BusHandle,
+    inbox: Option<Inbox>,
+    bus_task: Option<crate::bus::BusTask>,
+    bus_cancel: CancellationToken,
+    audit: AuditLog,
+    events: broadcast::Sender<ControllerEvent>,
+    seq: Sequencer,
+    plugins: BTreeMap<String, Plugin>,
+    stations: BTreeMap<String, Station>,
+    /// Station number per session, for lease ids unique per controller.
+    station_numbers: HashMap<String, u64>,
+    pending: HashMap<String, Pending>,
+    next_command: u64,
+    sessions_created: u64,
+    boot_counter: u64,
+    connected: bool,
+    stats: ControllerStats,
+    /// Rejections audited in the current second, and that second: a flood of bad input is
+    /// counted in full but audited at a bounded rate.
+    reject_window: (u64, u64),
+}
+
+/// Most rejected inbound messages audited one by one per second; the rest are counted.
+const REJECTS_AUDITED_PER_S: u64 = 20;
+
+impl Core {
+    async fn open(
+        config: ControllerConfig,
+        events: broadcast::Sender<ControllerEvent>,
+    ) -> Result<Core, ControllerError> {
+        let audit = AuditLog::open(&config.audit_dir, &config.controller_id)?;
+        let runtime = PluginRuntime::new(config.runtime.clone()).map_err(|e| {
+            ControllerError::PluginLoad {
+                label: "(runtime)".into(),
+                message: e.to_string(),
+            }
+        })?;
+        let mut plugins = BTreeMap::new();
+        let mut hashes = Vec::new();
+        for src in &config.plugins {
+            let p = runtime.load_bytes(&src.label, &src.bytes).map_err(|e| {
+                ControllerError::PluginLoad {
+                    label: src.label.clone(),
+                    message: e.to_string(),
+                }
+            })?;
+            let m = p.manifest().clone();
+            audit.append(
+                Entry::new(
+                    Actor::Plugin {
+                        id: m.id.clone(),
+                        wasm_sha256: p.wasm_sha256().to_string(),
+                    },
+                    Event::PluginLoaded {
+                        plugin_id: m.id.clone(),
+                        version: m.version.clone(),
+                        wasm_sha256: p.wasm_sha256().to_string(),
+                    },
+                )
+                .payload(serde_json::json!({"label": src.label, "vendor": m.vendor})),
+            )?;
+            hashes.push(format!("{}={}", m.id, p.wasm_sha256()));
+            plugins.insert(m.id.clone(), p);
+        }
+        let topics =
+            Topics::new(&config.controller_id).map_err(|e| ControllerError::SessionId {
+                id: config.controller_id.clone(),
+                reason: e.to_string(),
+            })?;
+        // The session counter of the retained state (Sparkplug's bdSeq): the boot time makes
+        // every controller run's `online`/`offline` pair tell apart from an earlier run's.
+        let boot_counter = wall_clock_ms();
+        let mut bus_cfg = config.bus.clone();
+        bus_cfg.topics = topics.clone();
+        bus_cfg.client_id = format!("modalis-{}", config.controller_id);
+        bus_cfg.subscriptions = topics
+            .controller_filters()
+            .into_iter()
+            .map(|f| (f, Qos::AtLeastOnce))
+            .collect();
+        let state = |presence| ControllerState {
+            seq: 0,
+            ts_ms: wall_clock_ms(),
+            controller: config.controller_id.clone(),
+            state: presence,
+            session_counter: boot_counter,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        bus_cfg.last_will = Some(OutboundMessage::json(
+            &topics.state(),
+            &state(Presence::Offline),
+            Qos::AtLeastOnce,
+            true,
+        )?);
+        bus_cfg.birth = Some(OutboundMessage::json(
+            &topics.state(),
+            &state(Presence::Online),
+            Qos::AtLeastOnce,
+            true,
+        )?);
+        let broker = bus_cfg.broker.to_string();
+        let bus_cancel = CancellationToken::new();
+        let bus = Bus::start(bus_cfg, bus_cancel.clone())?;
+        let config_json = serde_json::json!({
+            "controller": config.controller_id,
+            "broker": broker,
+            "speed": config.speed,
+            "renew_every_ms": config.renew_every.as_millis() as u64,
+            "watchdog_every_ms": config.watchdog_every.as_millis() as u64,
+            "plugins": hashes,
+        });
+        audit.append(
+            Entry::new(
+                Actor::Controller,
+                Event::ControllerStart {
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                    config_sha256: sha256_hex(config_json.to_string().as_bytes()),
+                    // Profiles arrive with each protocol; their hashes are in the protocol's
+                    // record. None are configured at start.
+                    profiles_sha256: sha256_hex(b""),
+                },
+            )
+            .payload(config_json),
+        )?;
+        Ok(Core {
+            id: config.controller_id,
+            topics,
+            speed: config.speed.max(1),
+            renew_every: config.renew_every,
+            watchdog_every: config.watchdog_every,
+            status_every: config.status_every,
+            stop_grace_ms: u64::try_from(config.stop_grace.as_millis()).unwrap_or(u64::MAX),
+            bus: bus.handle,
+            inbox: Some(bus.inbox),
+            bus_task: Some(bus.task),
+            bus_cancel,
+            audit,
+            events,
+            seq: Sequencer::new(),
+            plugins,
+            stations: BTreeMap::new(),
+            station_numbers: HashMap::new(),
+            pending: HashMap::new(),
+            next_command: 0,
+            sessions_created: 0,
+            boot_counter,
+            connected: false,
+            stats: ControllerStats::default(),
+            reject_window: (0, 0),
+        })
+    }
+
+    async fn run(
+        mut self,
+        mut requests: mpsc::Receiver<Request>,
+        cancel: CancellationToken,
+    ) -> Result<(), String> {
+        let Some(mut inbox) = self.inbox.take() else {
+            return Err("the bus inbox is gone".into());
+        };
+        let mut requests_open = true;
+        let mut inbox_open = true;
+        loop {
+            let wake = self.next_wake();
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => break,
+                () = sleep_until(wake) => {
+                    self.on_timer().await;
+                }
+                ev = inbox.recv(), if inbox_open => match ev {
+                    Some(ev) => self.on_bus(ev).await,
+                    None => inbox_open = false,
+                },
+                req = requests.recv(), if requests_open => match req {
+                    Some(r) => self.on_request(r).await,
+                    None => requests_open = false,
+                },
+            }
+        }
+        self.shutdown().await
+    }
+
+    // ---------------------------------------------------------------------------------
+    // Time
+    // ---------------------------------------------------------------------------------
+
+    fn next_wake(&self) -> Option<Instant> {
+        let mut wake: Option<Instant> = None;
+        let mut at = |i: Option<Instant>| {
+            if let Some(i) = i {
+                wake = Some(wake.map_or(i, |w| w.min(i)));
+            }
+        };
+        for s in self.stations.values() {
+            if s.state != SessionState::Running {
+                continue;
+            }
+            at(s.steps
+                .get(s.next)
+                .and_then(|st| s.clock.instant_of(st.start_ms)));
+            at(s.ends.first().and_then(|&e| s.clock.instant_of(e)));
+            at(s.next_renew);
+            at(s.next_status);
+            at(Some(Instant::now() + self.watchdog_every));
+            if s.next >= s.steps.len() {
+                at(s.clock.instant_of(s.total_ms));
+            }
+        }
+        wake
+    }
+
+    async fn on_timer(&mut self) {
+        let ids: Vec<String> = self
+            .stations
+            .iter()
+            .filter(|(_, s)| s.state == SessionState::Running)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for id in ids {
+            self.run_station(&id).await;
+        }
+    }
+
+    /// Emits what is due, runs the watchdog, renews leases when due, finishes the session
+    /// when its last step is over.
+    async fn run_station(&mut self, id: &str) {
+        let now = Instant::now();
+        let Some(s) = self.stations.get_mut(id) else {
+            return;
+        };
+        let t = s.clock.at(now);
+        // Steps due now, in timeline order.
+        let mut due = Vec::new();
+        while let Some(st) = s.steps.get(s.next) {
+            if st.start_ms > t {
+                break;
+            }
+            let late = s
+                .clock
+                .instant_of(st.start_ms)
+                .map_or(Duration::ZERO, |d| now.saturating_duration_since(d));
+            due.push((st.clone(), late));
+            s.next += 1;
+        }
+        for (st, late) in due {
+            self.emit(id, &st, t, late).await;
+        }
+        let Some(s) = self.stations.get_mut(id) else {
+            return;
+        };
+        while s.ends.first().is_some_and(|&e| e <= t) {
+            s.ends.pop_first();
+        }
+        let renew = s.next_renew.is_some_and(|r| r <= now);
+        let actions = match s.supervisor.as_mut() {
+            Some(sup) if renew => {
+                s.next_renew = Some(now + self.renew_every);
+                sup.renew_leases(t)
+            }
+            Some(sup) => sup.tick(t),
+            None => Vec::new(),
+        };
+        self.carry_out(Some(id), actions, t).await;
+        let Some(s) = self.stations.get_mut(id) else {
+            return;
+        };
+        let finished = s.next >= s.steps.len()
+            && t >= s.total_ms
+            && !s.supervisor.as_ref().is_some_and(|sup| sup.any_energised());
+        if finished {
+            self.transition(
+                id,
+                SessionEvent::Finished,
+                Some("every step ran to its end".into()),
+            )
+            .await;
+            return;
+        }
+        if s.next_status.is_none_or(|n| n <= now) {
+            s.next_status = Some(now + self.status_every);
+            let total_ms = s.total_ms;
+            self.publish_status(id).await;
+            let _ = self.events.send(ControllerEvent::Progress {
+                session: id.to_string(),
+                elapsed_ms: t,
+                total_ms,
+            });
+        }
+    }
+
+    // ---------------------------------------------------------------------------------
+    // Commands
+    // ---------------------------------------------------------------------------------
+
+    /// Emits one approved step: supervisor, audit, MQTT.
+    async fn emit(&mut self, id: &str, st: &station::Sched, t: u64, late: Duration) {
+        let Some(s) = self.stations.get_mut(id) else {
+            return;
+        };
+        let Some(sup) = s.supervisor.as_mut() else {
+            return;
+        };
+        let cmd = Command {
+            device_id: st.device.clone(),
+            channel: st.channel.clone(),
+            site: st.site.clone(),
+            setpoint: st.setpoint,
+            step: st.step.clone(),
+        };
+        let d = sup.admit(&cmd, t);
+        let late_us = u64::try_from(late.as_micros()).unwrap_or(u64::MAX);
+        s.counters.jitter_us.push(late_us);
+        let _ = self.events.send(ControllerEvent::Step {
+            session: id.to_string(),
+            step: StepRef::from(&st.step),
+            label: st.label.clone(),
+            admitted: d.admitted(),
+            jitter_us: late_us,
+        });
+        if !d.admitted() {
+            s.counters.refused += 1;
+            self.audit_decision(
+                id,
+                &st.device,
+                d.rule,
+                AuditDecision::Reject,
+                serde_json::json!({"step": st.step, "reason": d.reason, "values": d.values, "source": d.source}),
+            );
+            self.alarm(
+                Some(id),
+                Some(&st.device),
+                Some(&st.channel),
+                AlarmPriority::Medium,
+                d.rule,
+                format!("step {} refused at emission: {}", st.step, d.reason),
+            )
+            .await;
+            return;
+        }
+        s.ends.insert(st.end_ms);
+        let action = match (st.setpoint, d.lease) {
+            (Setpoint::Off, _) => CommandAction::Stop {
+                reason: format!("step {}: off", st.step),
+            },
+            (sp, Some(lease)) => {
+                let grant = self.grant(id, &lease, t);
+                if let Some(s) = self.stations.get_mut(id) {
+                    s.leases
+                        .insert((st.device.clone(), st.channel.clone()), lease);
+                }
+                CommandAction::Set {
+                    setpoint: sp,
+                    lease: grant,
+                }
+            }
+            (_, None) => {
+                // An admitted energy command always carries a lease; without one the device
+                // could not deliver safely, so nothing is sent and the source is stopped.
+                tracing::error!(step = %st.step, "admitted without a lease: not sent");
+                return;
+            }
+        };
+        let is_stop = matches!(action, CommandAction::Stop { .. });
+        if is_stop && let Some(s) = self.stations.get_mut(id) {
+            s.stopped_at
+                .insert((st.device.clone(), st.channel.clone()), wall_clock_ms());
+        }
+        self.send(
+            Some(id),
+            &st.device,
+            &st.channel,
+            Some(StepRef::from(&st.step)),
+            action,
+        )
+        .await;
+    }
+
+    /// The wire form of a lease: an id unique per controller and the time left in wall ms.
+    fn grant(&self, session: &str, lease: &modalis_governor::Lease, t: u64) -> LeaseGrant {
+        let n = self.station_numbers.get(session).copied().unwrap_or(0);
+        let speed = self.speed;
+        LeaseGrant {
+            id: n.saturating_mul(1_000_000_000).saturating_add(lease.id),
+            valid_for_ms: lease
+                .expires_at_ms
+                .saturating_sub(t)
+                .div_ceil(u64::from(speed))
+                .max(1),
+        }
+    }
+
+    /// Carries out the supervisor's actions: stops, reductions, renewals, alarms.
+    async fn carry_out(&mut self, session: Option<&str>, actions: Vec<Action>, t: u64) {
+        for a in actions {
+            match a {
+                Action::Stop {
+                    device_id,
+                    channel,
+                    rule,
+                    reason,
+                    values,
+                    source,
+                    latched,
+                    ..
+                } => {
+                    if let Some(id) = session {
+                        self.audit_decision(
+                            id,
+                            &device_id,
+                            rule,
+                            AuditDecision::Stop,
+                            serde_json::json!({"channel": channel, "reason": reason, "values": values, "source": source, "latched": latched}),
+                        );
+                    }
+                    self.stop_source(session, &device_id, &channel, format!("{rule}: {reason}"))
+                        .await;
+                }
+                Action::Reduce {
+                    device_id,
+                    channel,
+                    setpoint,
+                    rule,
+                    reason,
+                    values,
+                    source,
+                    ..
+                } => {
+                    let Some(id) = session else { continue };
+                    self.audit_decision(
+                        id,
+                        &device_id,
+                        rule,
+                        AuditDecision::Admit,
+                        serde_json::json!({"channel": channel, "reduce_to": setpoint, "reason": reason, "values": values, "source": source}),
+                    );
+                    let lease = self
+                        .stations
+                        .get(id)
+                        .and_then(|s| s.leases.get(&(device_id.clone(), channel.clone())))
+                        .cloned();
+                    // No lease means not energised: nothing to reduce.
+                    if let Some(lease) = lease {
+                        let grant = self.grant(id, &lease, t);
+                        self.send(
+                            Some(id),
+                            &device_id,
+                            &channel,
+                            None,
+                            CommandAction::Set {
+                                setpoint,
+                                lease: grant,
+                            },
+                        )
+                        .await;
+                    }
+                }
+                Action::RenewLease { lease } => {
+                    let Some(id) = session else { continue };
+                    let grant = self.grant(id, &lease, t);
+                    let (device, channel) = (lease.device_id.clone(), lease.channel.clone());
+                    if let Some(s) = self.stations.get_mut(id) {
+                        s.leases.insert((device.clone(), channel.clone()), lease);
+                    }
+                    self.send(
+                        Some(id),
+                        &device,
+                        &channel,
+                        None,
+                        CommandAction::RenewLease { lease: grant },
+                    )
+                    .await;
+                }
+                Action::Alarm(a) => {
+                    let (p, _) = priority(a.priority);
+                    let reason = if a.values.is_empty() {
+                        a.reason.clone()
+                    } else {
+                        format!(
+                            "{} ({})",
+                            a.reason,
+                            a.values
+                                .iter()
+                                .map(|v| format!("{} {} {}", v.name, v.value, v.unit))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    };
+                    self.alarm(
+                        session,
+                        a.device_id.as_deref(),
+                        a.channel.as_deref(),
+                        p,
+                        a.rule,
+                        reason,
+                    )
+                    .await;
+                }
+            }
+        }
+    }
+
+    /// Sends a stop to one source and remembers when (a device still delivering well after
+    /// that is ignoring it).
+    async fn stop_source(
+        &mut self,
+        session: Option<&str>,
+        device: &str,
+        channel: &str,
+        reason: String,
+    ) {
+        if let Some(s) = session.and_then(|id| self.stations.get_mut(id)) {
+            let key = (device.to_string(), channel.to_string());
+            s.leases.remove(&key);
+            s.stopped_at.insert(key, wall_clock_ms());
+        }
+        self.send(
+            session,
+            device,
+            channel,
+            None,
+            CommandAction::Stop { reason },
+        )
+        .await;
+    }
+
+    /// Audits a command (write-ahead) and publishes it. Energy commands that could not be
+    /// audited are not sent; stops always are.
+    async fn send(
+        &mut self,
+        session: Option<&str>,
+        device: &str,
+        channel: &str,
+        step: Option<StepRef>,
+        action: CommandAction,
+    ) -> bool {
+        self.next_command += 1;
+        let command_id = format!("{}-c{}", session.unwrap_or(&self.id), self.next_command);
+        let energy = !matches!(action, CommandAction::Stop { .. });
+        let stamp = self.seq.next();
+        let cmd = DeviceCommand {
+            seq: stamp.seq,
+            ts_ms: stamp.ts_ms,
+            command_id: command_id.clone(),
+            device: device.to_string(),
+            channel: channel.to_string(),
+            session: session.map(str::to_string),
+            step,
+            action,
+        };
+        let mut entry = Entry::new(
+            Actor::Controller,
+            Event::Command {
+                command_id: command_id.clone(),
+            },
+        )
+        .device(device)
+        .payload(serde_json::to_value(&cmd).unwrap_or(serde_json::Value::Null));
+        if let Some(s) = session {
+            entry = entry.session(s);
+        }
+        if let Err(e) = self.audit.append(entry) {
+            self.stats.audit_failures += 1;
+            tracing::error!(error = %e, command = %command_id, "audit append failed");
+            if energy {
+                return false;
+            }
+        }
+        let topic = match self.topics.device_command(device) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "no command topic");
+                return false;
+            }
+        };
+        if let Some(s) = session.and_then(|id| self.stations.get_mut(id)) {
+            s.counters.commands += 1;
+        }
+        match self
+            .bus
+            .publish(&topic, &cmd, Qos::AtLeastOnce, false)
+            .await
+        {
+            Ok(()) => {
+                self.pending.insert(
+                    command_id,
+                    Pending {
+                        session: session.map(str::to_string),
+                        device: device.to_string(),
+                        channel: channel.to_string(),
+                        energy,
+                        sent: Instant::now(),
+                    },
+                );
+                // Acks that never come (a dead device) must not grow the table forever.
+                if self.pending.len() > 4096 {
+                    let cutoff = Instant::now() - Duration::from_secs(60);
+                    self.pending.retain(|_, p| p.sent > cutoff);
+                }
+                true
+            }
+            Err(e) => {
+                self.stats.publish_failures += 1;
+                tracing::warn!(error = %e, "command not published; the device's lease is the backstop");
+                false
+            }
+        }
+    }
+
+    fn audit_decision(
+        &mut self,
+        session: &str,
+        device: &str,
+        rule: &str,
+        decision: AuditDecision,
+        payload: serde_json::Value,
+    ) {
+        let outcome = match decision {
+            AuditDecision::Admit => Outcome::Ok,
+            AuditDecision::Reject => Outcome::Rejected,
+            AuditDecision::Stop => Outcome::Warning,
+        };
+        let e = Entry::new(
+            Actor::Controller,
+            Event::GovernorDecision {
+                rule: rule.to_string(),
+                decision,
+            },
+        )
+        .session(session)
+        .device(device)
+        .outcome(outcome)
+        .payload(payload);
+        if let Err(e) = self.audit.append(e) {
+            self.stats.audit_failures += 1;
+            tracing::error!(error = %e, "audit append failed");
+        }
+    }
+
+    /// Raises an alarm: audit, MQTT `alarm`, UI event.
+    async fn alarm(
+        &mut self,
+        session: Option<&str>,
+        device: Option<&str>,
+        channel: Option<&str>,
+        p: AlarmPriority,
+        rule: &str,
+        reason: String,
+    ) {
+        let severity = match p {
+            AlarmPriority::Low => Severity::Info,
+            AlarmPriority::Medium => Severity::Warning,
+            AlarmPriority::High => Severity::Critical,
+        };
+        let stamp = self.seq.next();
+        let msg = AlarmMessage {
+            seq: stamp.seq,
+            ts_ms: stamp.ts_ms,
+            priority: p,
+            rule: rule.to_string(),
+            reason,
+            session: session.map(str::to_string),
+            device: device.map(str::to_string),
+            channel: channel.map(str::to_string),
+        };
+        let mut e = Entry::new(
+            Actor::Controller,
+            Event::Alarm {
+                code: rule.to_string(),
+                severity,
+            },
+        )
+        .outcome(Outcome::Warning)
+        .payload(serde_json::to_value(&msg).unwrap_or(serde_json::Value::Null));
+        if let Some(s) = session {
+            e = e.session(s);
+        }
+        if let Some(d) = device {
+            e = e.device(d);
+        }
+        if let Err(err) = self.audit.append(e) {
+            self.stats.audit_failures += 1;
+            tracing::error!(error = %err, "audit append failed");
+        }
+        if let Some(s) = session.and_then(|id| self.stations.get_mut(id)) {
+            s.counters.alarms += 1;
+        }
+        match p {
+            AlarmPriority::High => tracing::error!(rule, reason = %msg.reason, "alarm"),
+            AlarmPriority::Medium => tracing::warn!(rule, reason = %msg.reason, "alarm"),
+            AlarmPriority::Low => tracing::info!(rule, reason = %msg.reason, "alarm"),
+        }
+        if self
+            .bus
+            .publish(&self.topics.alarm(), &msg, Qos::AtLeastOnce, false)
+            .await
+            .is_err()
+        {
+            self.stats.publish_failures += 1;
+        }
+        let _ = self.events.send(ControllerEvent::Alarm(msg));
+    }
+
+    // ---------------------------------------------------------------------------------
+    // Bus
+    // ---------------------------------------------------------------------------------
+
+    async fn on_bus(&mut self, ev: BusEvent) {
+        match ev {
+            BusEvent::Connected { connection, .. } => {
+                self.connected = true;
+                self.audit_connection(true, format!("connection {connection}"));
+                let _ = self
+                    .events
+                    .send(ControllerEvent::Broker { connected: true });
+                // A restarted broker may have lost its retained messages.
+                let ids: Vec<String> = self.stations.keys().cloned().collect();
+                for id in ids {
+                    self.publish_status(&id).await;
+                }
+            }
+            BusEvent::Disconnected { error, .. } => {
+                if self.connected {
+                    self.connected = false;
+                    self.audit_connection(false, error.clone());
+                    let _ = self
+                        .events
+                        .send(ControllerEvent::Broker { connected: false });
+                    // Devices stop by themselves within a lease period; the sessions hold
+                    // until an operator decides (resuming is never automatic).
+                    let running: Vec<String> = self
+                        .stations
+                        .iter()
+                        .filter(|(_, s)| s.state == SessionState::Running)
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for id in running {
+                        self.pause(&id, &format!("broker connection lost: {error}"))
+                            .await;
+                    }
+                }
+            }
+            BusEvent::PublishRefused { reason } | BusEvent::SubscribeRefused { reason } => {
+                self.alarm(
+                    None,
+                    None,
+                    None,
+                    AlarmPriority::Medium,
+                    "mqtt.refused",
+                    format!("the broker refused: {reason}"),
+                )
+                .await;
+            }
+            BusEvent::Rejected(err) => {
+                self.stats.rejected_inbound += 1;
+                tracing::warn!(error = %err, "inbound message rejected");
+                self.audit_rejection("mqtt.invalid_payload", err.to_string());
+            }
+            BusEvent::Message { message, .. } => match message {
+                Inbound::Telemetry(t) => self.on_telemetry(t).await,
+                Inbound::Ack(a) => self.on_ack(a).await,
+                Inbound::Estop(e) => {
+                    let reason = if e.reason.is_empty() {
+                        format!("e-stop input from panel {}", e.panel)
+                    } else {
+                        e.reason.clone()
+                    };
+                    self.estop(&e.panel, &reason).await;
+                }
+                // Not subscribed to: the controller's own messages and others'.
+                _ => {}
+            },
+        }
+    }
+
+    fn audit_connection(&mut self, connected: bool, detail: String) {
+        let e = Entry::new(
+            Actor::Controller,
+            Event::BrokerConnection {
+                broker: self.bus.topics().root().to_string(),
+                connected,
+            },
+        )
+        .outcome(if connected {
+            Outcome::Ok
+        } else {
+            Outcome::Failed
+        })
+        .payload(serde_json::json!({ "detail": detail }));
+        if self.audit.append(e).is_err() {
+            self.stats.audit_failures += 1;
+        }
+    }
+
+    /// Audits a rejected inbound message, at most [`REJECTS_AUDITED_PER_S`] a second one by
+    /// one; the rest are summed into the next audited one.
+    fn audit_rejection(&mut self, code: &str, detail: String) {
+        let second = wall_clock_ms() / 1000;
+        if self.reject_window.0 != second {
+            self.reject_window = (second, 0);
+        }
+        self.reject_window.1 += 1;
+        if self.reject_window.1 > REJECTS_AUDITED_PER_S {
+            return;
+        }
+        let e = Entry::new(
+            Actor::Controller,
+            Event::Alarm {
+                code: code.to_string(),
+                severity: Severity::Warning,
+            },
+        )
+        .outcome(Outcome::Rejected)
+        .payload(serde_json::json!({
+            "detail": detail,
+            "rejected_total": self.stats.rejected_inbound + self.stats.unknown_device,
+        }));
+        if self.audit.append(e).is_err() {
+            self.stats.audit_failures += 1;
+        }
+    }
+
+    fn owner(&self, device: &str) -> Option<String> {
+        self.stations
+            .iter()
+            .find(|(_, s)| !s.state.is_final() && s.has_device(device))
+            .map(|(k, _)| k.clone())
+    }
+
+    async fn on_telemetry(&mut self, t: DeviceTelemetry) {
+        let Some(id) = self.owner(&t.device) else {
+            self.stats.unknown_device += 1;
+            self.audit_rejection(
+                "mqtt.unknown_device",
+                format!(
+                    "telemetry from device {:?}, which no live session uses",
+                    t.device
+                ),
+            );
+            return;
+        };
+        let payload = serde_json::to_value(&t).unwrap_or(serde_json::Value::Null);
+        if let Err(e) = self.audit.append_telemetry(&t.device, Some(&id), payload) {
+            self.stats.audit_failures += 1;
+            tracing::error!(error = %e, "telemetry not audited");
+        }
+        let now = Instant::now();
+        let speed = u64::from(self.speed);
+        let grace = self.stop_grace_ms;
+        let Some(s) = self.stations.get_mut(&id) else {
+            return;
+        };
+        let ts = s.clock.at(now);
+        let Some(sup) = s.supervisor.as_mut() else {
+            return;
+        };
+        // The device's stamp says how old the reading is (device and controller clocks are
+        // both wall clocks; a device clock ahead counts as age 0). On the session clock that
+        // age is `speed` times longer, as the staleness limit is.
+        let age_ms = wall_clock_ms().saturating_sub(t.ts_ms);
+        let measured_at_ms = ts.saturating_sub(age_ms.saturating_mul(speed));
+        let sample = modalis_governor::Telemetry {
+            device_id: t.device.clone(),
+            channel: t.channel.clone(),
+            measured_at_ms,
+            measurement: t.measurement,
+        };
+        let actions = sup.observe(&sample, ts);
+        let energised = sup.is_energised(&t.device, &t.channel);
+        let key = (t.device.clone(), t.channel.clone());
+        // A device saying it delivers while the controller has it stopped, well after the
+        // stop went out (or with no command at all): it is not obeying.
+        let ignoring = t.delivering
+            && !energised
+            && s.stopped_at
+                .get(&key)
+                .is_none_or(|&at| t.ts_ms > at.saturating_add(grace))
+            && !s.ignoring.contains(&key);
+        self.carry_out(Some(&id), actions, ts).await;
+        if ignoring {
+            if let Some(s) = self.stations.get_mut(&id) {
+                s.ignoring.insert(key.clone());
+            }
+            let reason = format!(
+                "device {} channel {} is still delivering after it was stopped: the device is not obeying stops or leases",
+                t.device, t.channel
+            );
+            self.alarm(
+                Some(&id),
+                Some(&t.device),
+                Some(&t.channel),
+                AlarmPriority::High,
+                rules::RUN_STOP_IGNORED.id,
+                reason.clone(),
+            )
+            .await;
+            self.audit_decision(
+                &id,
+                &t.device,
+                rules::RUN_STOP_IGNORED.id,
+                AuditDecision::Stop,
+                serde_json::json!({"channel": t.channel, "reason": reason, "source": rules::RUN_STOP_IGNORED.source, "telemetry": t}),
+            );
+            self.estop_station(&id, "controller", &reason).await;
+            // One more stop to the disobeying channel, in case only that message was lost.
+            self.stop_source(
+                Some(&id),
+                &t.device,
+                &t.channel,
+                "still delivering after a stop".into(),
+            )
+            .await;
+        }
+    }
+
+    async fn on_ack(&mut self, a: CommandAck) {
+        let pending = self.pending.remove(&a.command_id);
+        let Some(p) = pending else {
+            if self.owner(&a.device).is_none() {
+                self.stats.unknown_device += 1;
+                self.audit_rejection(
+                    "mqtt.unknown_device",
+                    format!("ack from device {:?}, which no live session uses", a.device),
+                );
+            } else {
+                // A redelivered ack (QoS 1) or one for a command of an ended session.
+                self.stats.unknown_acks += 1;
+            }
+            return;
+        };
+        if p.device != a.device || p.channel != a.channel {
+            self.stats.rejected_inbound += 1;
+            self.audit_rejection(
+                "mqtt.ack_mismatch",
+                format!(
+                    "ack for {} names {}/{}, the command went to {}/{}",
+                    a.command_id, a.device, a.channel, p.device, p.channel
+                ),
+            );
+            return;
+        }
+        let outcome = match a.outcome {
+            AckOutcome::Accepted => Outcome::Ok,
+            AckOutcome::Rejected => Outcome::Rejected,
+            AckOutcome::Expired => Outcome::Warning,
+        };
+        let mut e = Entry::new(
+            Actor::Device {
+                id: a.device.clone(),
+            },
+            Event::CommandAck {
+                command_id: a.command_id.clone(),
+            },
+        )
+        .device(&a.device)
+        .outcome(outcome)
+        .payload(serde_json::to_value(&a).unwrap_or(serde_json::Value::Null));
+        if let Some(s) = &p.session {
+            e = e.session(s);
+        }
+        if self.audit.append(e).is_err() {
+            self.stats.audit_failures += 1;
+        }
+        if a.outcome == AckOutcome::Accepted || !p.energy {
+            return;
+        }
+        // The device is not delivering what the supervisor admitted: tell the supervisor the
+        // source is off, so its picture matches the device's.
+        let Some(id) = p.session else { return };
+        let now = Instant::now();
+        if let Some(s) = self.stations.get_mut(&id)
+            && let Some(sup) = s.supervisor.as_mut()
+        {
+            let t = s.clock.at(now);
+            let _ = sup.admit(&off_command(&a.device, &a.channel), t);
+            s.leases.remove(&(a.device.clone(), a.channel.clone()));
+            s.stopped_at
+                .insert((a.device.clone(), a.channel.clone()), wall_clock_ms());
+        }
+        let what = match a.outcome {
+            AckOutcome::Expired => "its lease had lapsed; it stopped by itself",
+            _ => "it refused the command",
+        };
+        self.alarm(
+            Some(&id),
+            Some(&a.device),
+            Some(&a.channel),
+            AlarmPriority::Medium,
+            "device.ack",
+            format!(
+                "device {} channel {} is not delivering: {what}{}",
+                a.device,
+                a.channel,
+                a.reason
+                    .as_deref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
+            ),
+        )
+        .await;
+    }
+
+    // ---------------------------------------------------------------------------------
+    // Sessions
+    // ---------------------------------------------------------------------------------
+
+    async fn on_request(&mut self, r: Request) {
+        match r {
+            Request::Prepare {
+                protocol,
+                protocol_text_sha256,
+                session,
+                reply,
+            } => {
+                let r = self
+                    .prepare(&protocol, &protocol_text_sha256, session)
+                    .await;
+                let _ = reply.send(r);
+            }
+            Request::Arm {
+                session,
+                operator,
+                reply,
+            } => {
+                let r = self.arm(&session, &operator).await;
+                let _ = reply.send(r);
+            }
+            Request::Start {
+                session,
+                operator,
+                reply,
+            } => {
+                let r = self.start(&session, &operator).await;
+                let _ = reply.send(r);
+            }
+            Request::Pause {
+                session,
+                reason,
+                reply,
+            } => {
+                let r = match self.stations.get(&session) {
+                    None => Err(ControllerError::UnknownSession(session.clone())),
+                    Some(s) => machine::next(
+                        s.state,
+                        &SessionEvent::Pause {
+                            reason: reason.clone(),
+                        },
+                    )
+                    .map(|_| ())
+                    .map_err(ControllerError::from),
+                };
+                if r.is_ok() {
+                    self.pause(&session, &reason).await;
+                }
+                let _ = reply.send(r);
+            }
+            Request::Resume {
+                session,
+                operator,
+                reply,
+            } => {
+                let r = self.resume(&session, &operator).await;
+                let _ = reply.send(r);
+            }
+            Request::Abort {
+                session,
+                reason,
+                reply,
+            } => {
+                let r = match self.stations.get(&session) {
+                    None => Err(ControllerError::UnknownSession(session.clone())),
+                    Some(s) => machine::next(
+                        s.state,
+                        &SessionEvent::Abort {
+                            reason: reason.clone(),
+                        },
+                    )
+                    .map(|_| ())
+                    .map_err(ControllerError::from),
+                };
+                if r.is_ok() {
+                    self.operator_action(&session, "operator", OperatorAction::Abort, &reason);
+                    self.stop_all(&session, &format!("aborted: {reason}")).await;
+                    self.transition(
+                        &session,
+                        SessionEvent::Abort {
+                            reason: reason.clone(),
+                        },
+                        Some(reason),
+                    )
+                    .await;
+                }
+                let _ = reply.send(r);
+            }
+            Request::Estop {
+                source,
+                reason,
+                reply,
+            } => {
+                self.estop(&source, &reason).await;
+                let _ = reply.send(());
+            }
+            Request::Snapshot { session, reply } => {
+                let _ = reply.send(self.snapshot(&session));
+            }
+            Request::Stats { reply } => {
+                let _ = reply.send(self.stats);
+            }
+        }
+    }
+
+    async fn prepare(
+        &mut self,
+        protocol: &Protocol,
+        protocol_sha256: &str,
+        session: Option<String>,
+    ) -> Result<Prepared, ControllerError> {
+        let id = match session {
+            Some(id) => id,
+            None => format!("session-{}", self.sessions_created + 1),
+        };
+        check_id("session", &id).map_err(|e| ControllerError::SessionId {
+            id: id.clone(),
+            reason: e.to_string(),
+        })?;
+        if self.stations.contains_key(&id) {
+            return Err(ControllerError::SessionId {
+                id,
+                reason: "a session with this id exists on this controller".into(),
+            });
+        }
+        for p in protocol.devices.values() {
+            if let Some(other) = self.owner(&p.id) {
+                return Err(ControllerError::DeviceBusy {
+                    device: p.id.clone(),
+                    session: other,
+                });
+            }
+        }
+        let mut st = station::prepare(protocol, &mut self.plugins, self.speed)?;
+        self.sessions_created += 1;
+        self.station_numbers
+            .insert(id.clone(), self.sessions_created);
+        let profiles_json = serde_json::to_string(&st.profiles).unwrap_or_default();
+        self.audit.append(
+            Entry::new(
+                Actor::Controller,
+                Event::ProtocolLoaded {
+                    protocol_id: protocol.name.clone(),
+                    protocol_sha256: protocol_sha256.to_string(),
+                },
+            )
+            .session(&id)
+            .payload(serde_json::json!({
+                "file": protocol.path.display().to_string(),
+                "patient": protocol.patient.id,
+                "devices": st.profiles.iter().map(|p| &p.id).collect::<Vec<_>>(),
+                "profiles_sha256": sha256_hex(profiles_json.as_bytes()),
+                "speed": self.speed,
+            })),
+        )?;
+        st.state = machine::next(st.state, &SessionEvent::Planned)?;
+        for v in &st.precheck.steps {
+            let verdict = match v.verdict {
+                modalis_governor::Verdict::Allow => modalis_audit::Verdict::Pass,
+                modalis_governor::Verdict::AllowWithWarning | modalis_governor::Verdict::Clamp => {
+                    modalis_audit::Verdict::Warn
+                }
+                modalis_governor::Verdict::Refuse => modalis_audit::Verdict::Fail,
+            };
+            self.audit.append(
+                Entry::new(
+                    Actor::Controller,
+                    Event::PreCheck {
+                        check: v.step.to_string(),
+                        verdict,
+                    },
+                )
+                .session(&id)
+                .device(&v.device_id)
+                .payload(serde_json::to_value(v).unwrap_or(serde_json::Value::Null)),
+            )?;
+        }
+        let report: serde_json::Value =
+            serde_json::from_str(&st.precheck.report.to_json()).unwrap_or(serde_json::Value::Null);
+        self.audit.append(
+            Entry::new(Actor::Controller, Event::DoseReport)
+                .session(&id)
+                .payload(report.clone()),
+        )?;
+        let armable = st.precheck.can_arm();
+        let prepared = Prepared {
+            session: id.clone(),
+            protocol: st.protocol.clone(),
+            armable,
+            report_table: st.precheck.report.to_string(),
+            report: report.clone(),
+            blocks: st.blocks.clone(),
+            total_ms: st.total_ms,
+            steps: st.steps.len(),
+        };
+        self.stations.insert(id.clone(), st);
+        let stamp = self.seq.next();
+        if let Ok(topic) = self.topics.dose_report(&id) {
+            let msg = DoseReportMessage {
+                seq: stamp.seq,
+                ts_ms: stamp.ts_ms,
+                session: id.clone(),
+                report,
+            };
+            if self
+                .bus
+                .publish(&topic, &msg, Qos::AtLeastOnce, true)
+                .await
+                .is_err()
+            {
+                self.stats.publish_failures += 1;
+            }
+        }
+        let reason = (!armable).then(|| "the governor's pre-check refused a step".to_string());
+        self.transition(&id, SessionEvent::Checked { armable }, reason)
+            .await;
+        Ok(prepared)
+    }
+
+    async fn arm(&mut self, id: &str, operator: &str) -> Result<(), ControllerError> {
+        let s = self
+            .stations
+            .get_mut(id)
+            .ok_or_else(|| ControllerError::UnknownSession(id.to_string()))?;
+        let ev = SessionEvent::Arm {
+            operator: operator.to_string(),
+        };
+        machine::next(s.state, &ev)?;
+        let mut sup = s
+            .governor
+            .arm(&s.precheck, 0)
+            .map_err(|e| ControllerError::Arm(e.to_string()))?;
+        // The operator's arming confirms the laser safety inputs (key switch, door, emission
+        // indicator) and eyewear for the session's laser devices; the supervisor still
+        // enforces the indicator's lead time and drops output the moment one is withdrawn.
+        let mut confirmed = Vec::new();
+        for p in &s.profiles {
+            if p.channels
+                .iter()
+                .any(|c| c.laser_class().is_some_and(|k| k.needs_controls()))
+            {
+                for input in [
+                    Interlock::KeySwitch,
+                    Interlock::DoorClosed,
+                    Interlock::EmissionIndicator,
+                ] {
+                    let _ = sup.interlock(&p.id, input, true, 0);
+                }
+                confirmed.push(p.id.clone());
+            }
+        }
+        if !confirmed.is_empty() {
+            let _ = sup.confirm_eyewear(true, 0);
+        }
+        s.supervisor = Some(sup);
+        let e = Entry::new(
+            Actor::Operator {
+                id: operator.to_string(),
+            },
+            Event::OperatorAction {
+                action: OperatorAction::Arm,
+            },
+        )
+        .session(id)
+        .payload(serde_json::json!({
+            "confirmed": "dose report read; key switch, door interlock, emission indicator and eyewear for the laser devices",
+            "laser_devices": confirmed,
+        }));
+        self.audit.append(e)?;
+        self.transition(id, ev, None).await;
+        Ok(())
+    }
+
+    async fn start(&mut self, id: &str, operator: &str) -> Result<(), ControllerError> {
+        let s = self
+            .stations
+            .get_mut(id)
+            .ok_or_else(|| ControllerError::UnknownSession(id.to_string()))?;
+        let ev = SessionEvent::Start {
+            operator: operator.to_string(),
+        };
+        machine::next(s.state, &ev)?;
+        self.operator_action(id, operator, OperatorAction::Start, "start");
+        let now = Instant::now();
+        if let Some(s) = self.stations.get_mut(id) {
+            s.clock.run(now);
+            s.next_renew = Some(now + self.renew_every);
+            s.next_status = Some(now);
+        }
+        self.transition(id, ev, None).await;
+        // The first steps may be due at once.
+        self.run_station(id).await;
+        Ok(())
+    }
+
+    async fn resume(&mut self, id: &str, operator: &str) -> Result<(), ControllerError> {
+        let s = self
+            .stations
+            .get_mut(id)
+            .ok_or_else(|| ControllerError::UnknownSession(id.to_string()))?;
+        let ev = SessionEvent::Resume {
+            operator: operator.to_string(),
+        };
+        machine::next(s.state, &ev)?;
+        self.operator_action(id, operator, OperatorAction::Resume, "resume");
+        let now = Instant::now();
+        let Some(s) = self.stations.get_mut(id) else {
+            return Ok(());
+        };
+        s.clock.run(now);
+        s.next_renew = Some(now + self.renew_every);
+        s.next_status = Some(now);
+        let t = s.clock.at(now);
+        // The steps that were running when the session paused continue for the rest of
+        // their window: the held clock means none of their time was spent.
+        let mut again: BTreeMap<(String, String), station::Sched> = BTreeMap::new();
+        for st in &s.steps[..s.next] {
+            if st.start_ms <= t && t < st.end_ms {
+                again.insert((st.device.clone(), st.channel.clone()), st.clone());
+            }
+        }
+        self.transition(id, ev, None).await;
+        for st in again.into_values() {
+            self.emit(id, &st, t, Duration::ZERO).await;
+        }
+        self.run_station(id).await;
+        Ok(())
+    }
+
+    async fn pause(&mut self, id: &str, reason: &str) {
+        let ev = SessionEvent::Pause {
+            reason: reason.to_string(),
+        };
+        let Some(s) = self.stations.get(id) else {
+            return;
+        };
+        if machine::next(s.state, &ev).is_err() {
+            return;
+        }
+        self.stop_all(id, &format!("paused: {reason}")).await;
+        if let Some(s) = self.stations.get_mut(id) {
+            s.clock.hold(Instant::now());
+            s.next_renew = None;
+        }
+        self.operator_action(id, "controller", OperatorAction::Pause, reason);
+        self.transition(id, ev, None).await;
+    }
+
+    /// Stops every energised source of a session (through the supervisor, so it agrees).
+    async fn stop_all(&mut self, id: &str, reason: &str) {
+        let now = Instant::now();
+        let Some(s) = self.stations.get_mut(id) else {
+            return;
+        };
+        let t = s.clock.at(now);
+        let mut off = Vec::new();
+        if let Some(sup) = s.supervisor.as_mut() {
+            for (device, channel) in sup.energised() {
+                let _ = sup.admit(&off_command(&device, &channel), t);
+                off.push((device, channel));
+            }
+        }
+        for (device, channel) in off {
+            self.stop_source(Some(id), &device, &channel, reason.to_string())
+                .await;
+        }
+    }
+
+    async fn estop(&mut self, source: &str, reason: &str) {
+        let live: Vec<String> = self
+            .stations
+            .iter()
+            .filter(|(_, s)| !s.state.is_final())
+            .map(|(k, _)| k.clone())
+            .collect();
+        if live.is_empty() {
+            let e = Entry::new(
+                Actor::Operator {
+                    id: source.to_string(),
+                },
+                Event::OperatorAction {
+                    action: OperatorAction::EStop,
+                },
+            )
+            .payload(serde_json::json!({"reason": reason, "sessions": []}));
+            if self.audit.append(e).is_err() {
+                self.stats.audit_failures += 1;
+            }
+        }
+        for id in live {
+            self.estop_station(&id, source, reason).await;
+        }
+    }
+
+    /// E-stops one session: the supervisor latches and stops every source; every channel of
+    /// the session's devices gets a stop, energised or not (a device that missed a command
+    /// must not be left running).
+    async fn estop_station(&mut self, id: &str, source: &str, reason: &str) {
+        let now = Instant::now();
+        let Some(s) = self.stations.get_mut(id) else {
+            return;
+        };
+        if s.state.is_final() {
+            return;
+        }
+        let t = s.clock.at(now);
+        let actions = s
+            .supervisor
+            .as_mut()
+            .map(|sup| sup.estop(reason, t))
+            .unwrap_or_default();
+        let channels = s.all_channels();
+        // Stops first, before any audit record other than the commands themselves.
+        let mut stopped = Vec::new();
+        for (device, channel) in &channels {
+            self.stop_source(Some(id), device, channel, format!("e-stop: {reason}"))
+                .await;
+            stopped.push((device.clone(), channel.clone()));
+        }
+        let rest: Vec<Action> = actions
+            .into_iter()
+            .filter(|a| !matches!(a, Action::Stop { device_id, channel, .. } if stopped.contains(&(device_id.clone(), channel.clone()))))
+            .collect();
+        self.carry_out(Some(id), rest, t).await;
+        let e = Entry::new(
+            Actor::Operator {
+                id: source.to_string(),
+            },
+            Event::OperatorAction {
+                action: OperatorAction::EStop,
+            },
+        )
+        .session(id)
+        .payload(serde_json::json!({"reason": reason}));
+        if self.audit.append(e).is_err() {
+            self.stats.audit_failures += 1;
+        }
+        self.alarm(
+            Some(id),
+            None,
+            None,
+            AlarmPriority::High,
+            rules::RUN_ESTOP.id,
+            format!("e-stop from {source}: {reason}"),
+        )
+        .await;
+        self.transition(
+            id,
+            SessionEvent::EStop {
+                source: source.to_string(),
+            },
+            Some(format!("e-stop from {source}: {reason}")),
+        )
+        .await;
+    }
+
+    fn operator_action(&mut self, id: &str, who: &str, action: OperatorAction, detail: &str) {
+        let e = Entry::new(
+            Actor::Operator {
+                id: who.to_string(),
+            },
+            Event::OperatorAction { action },
+        )
+        .session(id)
+        .payload(serde_json::json!({ "detail": detail }));
+        if self.audit.append(e).is_err() {
+            self.stats.audit_failures += 1;
+        }
+    }
+
+    /// Moves a session through the state machine, publishes its status and, when it ends,
+    /// records why and releases its devices.
+    async fn transition(&mut self, id: &str, ev: SessionEvent, reason: Option<String>) {
+        let Some(s) = self.stations.get_mut(id) else {
+            return;
+        };
+        let state = match machine::next(s.state, &ev) {
+            Ok(st) => st,
+            Err(e) => {
+                tracing::warn!(session = id, error = %e, "transition refused");
+                return;
+            }
+        };
+        s.state = state;
+        if state.is_final() {
+            s.clock.hold(Instant::now());
+            s.next_renew = None;
+            let why = reason.clone().unwrap_or_else(|| state.as_str().to_string());
+            s.ended = Some(why.clone());
+            let counters = s.counters.clone();
+            let e = Entry::new(
+                Actor::Controller,
+                Event::SessionEnded {
+                    reason: format!("{state}: {why}"),
+                },
+            )
+            .session(id)
+            .outcome(match state {
+                SessionState::Completed => Outcome::Ok,
+                _ => Outcome::Warning,
+            })
+            .payload(serde_json::json!({"state": state, "counters": counters}));
+            if self.audit.append(e).is_err() {
+                self.stats.audit_failures += 1;
+            }
+            if let Err(e) = self.audit.checkpoint() {
+                self.stats.audit_failures += 1;
+                tracing::error!(error = %e, "audit checkpoint failed");
+            }
+        }
+        self.publish_status(id).await;
+        let _ = self.events.send(ControllerEvent::State {
+            session: id.to_string(),
+            state,
+            reason,
+        });
+    }
+
+    async fn publish_status(&mut self, id: &str) {
+        let Some(s) = self.stations.get(id) else {
+            return;
+        };
+        let t = s.clock.at(Instant::now());
+        let next_step = s.steps.get(s.next).map(|st| NextStep {
+            step: StepRef::from(&st.step),
+            device: st.device.clone(),
+            channel: st.channel.clone(),
+            label: st.label.clone(),
+            due_in_ms: st.start_ms.saturating_sub(t),
+        });
+        let progress = if s.total_ms == 0 {
+            if s.state == SessionState::Completed {
+                100.0
+            } else {
+                0.0
+            }
+        } else {
+            (t as f64 / s.total_ms as f64 * 100.0).clamp(0.0, 100.0)
+        };
+        let stamp = self.seq.next();
+        let msg = SessionStatus {
+            seq: stamp.seq,
+            ts_ms: stamp.ts_ms,
+            session: id.to_string(),
+            state: s.state,
+            block: s.current_block(t).map(str::to_string),
+            progress_percent: progress,
+            elapsed_ms: t,
+            total_ms: s.total_ms,
+            next_step: if s.state.is_final() { None } else { next_step },
+        };
+        let Ok(topic) = self.topics.session_status(id) else {
+            return;
+        };
+        if self
+            .bus
+            .publish(&topic, &msg, Qos::AtLeastOnce, true)
+            .await
+            .is_err()
+        {
+            self.stats.publish_failures += 1;
+        }
+    }
+
+    fn snapshot(&self, id: &str) -> Option<SessionSnapshot> {
+        let s = self.stations.get(id)?;
+        let mut j = s.counters.jitter_us.clone();
+        j.sort_unstable();
+        let pct = |p: f64| {
+            let i = ((j.len() as f64 - 1.0) * p).round() as usize;
+            j.get(i).copied().unwrap_or(0)
+        };
+        Some(SessionSnapshot {
+            session: id.to_string(),
+            state: s.state,
+            elapsed_ms: s.clock.at(Instant::now()),
+            total_ms: s.total_ms,
+            emitted: s.next,
+            steps: s.steps.len(),
+            counters: s.counters.clone(),
+            jitter_us: (!j.is_empty())
+                .then(|| (pct(0.5), pct(0.99), j.last().copied().unwrap_or(0))),
+            ended: s.ended.clone(),
+            energised: s
+                .supervisor
+                .as_ref()
+                .map(|sup| sup.energised())
+                .unwrap_or_default(),
+        })
+    }
+
+    async fn shutdown(mut self) -> Result<(), String> {
+        let live: Vec<String> = self
+            .stations
+            .iter()
+            .filter(|(_, s)| !s.state.is_final())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for id in live {
+            // Every channel, energised or not: nothing may run on after the controller.
+            let channels = self
+                .stations
+                .get(&id)
+                .map(Station::all_channels)
+                .unwrap_or_default();
+            self.stop_all(&id, "controller stopping").await;
+            for (d, c) in channels {
+                self.stop_source(Some(&id), &d, &c, "controller stopping".into())
+                    .await;
+            }
+            self.transition(
+                &id,
+                SessionEvent::Abort {
+                    reason: "controller stopping".into(),
+                },
+                Some("controller stopping".into()),
+            )
+            .await;
+        }
+        let state = ControllerState {
+            seq: self.seq.next().seq,
+            ts_ms: wall_clock_ms(),
+            controller: self.id.clone(),
+            state: Presence::Offline,
+            session_counter: self.boot_counter,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        let _ = self
+            .bus
+            .publish(&self.topics.state(), &state, Qos::AtLeastOnce, true)
+            .await;
+        let e = Entry::new(
+            Actor::Controller,
+            Event::ControllerStop {
+                reason: "cancelled".into(),
+            },
+        )
+        .payload(serde_json::to_value(self.stats).unwrap_or(serde_json::Value::Null));
+        let mut result = Ok(());
+        if let Err(e) = self.audit.append(e) {
+            result = Err(format!("audit: {e}"));
+        }
+        if let Err(e) = self.audit.close() {
+            result = Err(format!("audit close: {e}"));
+        }
+        // Only now does the MQTT connection go (it flushes what is queued first).
+        self.bus_cancel.cancel();
+        if let Some(t) = self.bus_task.take() {
+            t.join().await;
+        }
+        result
+    }
+}
+
+/// A stop as the supervisor takes it: an `Off` setpoint, which it always admits without
+/// looking at the step or the site (a stop needs neither).
+fn off_command(device: &str, channel: &str) -> Command {
+    Command {
+        device_id: device.to_string(),
+        channel: channel.to_string(),
+        site: modalis_sdk::BodySite::region(
+            modalis_sdk::BodyRegion::Thigh,
+            modalis_sdk::Side::Left,
+        ),
+        setpoint: Setpoint::Off,
+        step: GovStepRef {
+            block_id: String::new(),
+            step_index: 0,
+        },
+    }
+}
+
+async fn sleep_until(wake: Option<Instant>) {
+    match wake {
+        Some(w) => tokio::time::sleep_until(w).await,
+        None => std::future::pending().await,
+    }
+}
