@@ -84,6 +84,30 @@ impl EmbeddedBroker {
         })
     }
 
+    /// Starts a broker on 127.0.0.1:`port` (1883 lets `mosquitto_sub` find it without `-p`).
+    /// Fails when the port is taken, so the caller can fall back to [`EmbeddedBroker::start`].
+    pub async fn start_on(port: u16) -> Result<EmbeddedBroker, BrokerError> {
+        // Bind first: if another broker already listens there, waiting for "listening" would
+        // find *that* broker and report success.
+        let addr = {
+            let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+                .map_err(BrokerError::NoPort)?;
+            l.local_addr().map_err(BrokerError::NoPort)?
+        };
+        let thread = spawn(addr)?;
+        match wait_listening(addr, &thread).await {
+            Ok(()) => {
+                tracing::info!(%addr, "embedded MQTT broker listening (127.0.0.1 only, no ACL)");
+                Ok(EmbeddedBroker { addr })
+            }
+            Err(waited) => Err(BrokerError::NotListening {
+                addr,
+                waited_ms: u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+                attempts: 1,
+            }),
+        }
+    }
+
     /// The listening address (always 127.0.0.1).
     pub fn addr(&self) -> SocketAddr {
         self.addr

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
 
 use crate::plugin::{PluginRuntime, RuntimeConfig, check};
 
@@ -30,9 +31,77 @@ pub enum Command {
     /// The tamper-evident audit log: verify, export, tail, print the public key.
     #[command(subcommand)]
     Audit(modalis_audit::cli::AuditCommand),
-    /// The end-to-end demo. Until the session runtime lands, it loads every bundled plugin,
-    /// runs the conformance checks and prints each plugin's sample plan.
-    Demo,
+    /// The end-to-end demo: checks the bundled plugins, starts an embedded broker, simulated
+    /// devices and the controller, and runs the example combined neuropathy protocol,
+    /// time-compressed, to its end.
+    Demo(DemoArgs),
+    /// Run a protocol file on real devices (or, with --simulate, on simulated ones).
+    Run(RunArgs),
+    /// Simulate the devices of a protocol or of device profiles over MQTT.
+    Sim(crate::sim::cli::SimArgs),
+}
+
+/// `modalis demo`
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Time compression: 60 plays the 56-minute example protocol in about a minute.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub speed: u32,
+    /// The protocol file [default: examples/protocols/dpn-combined.toml].
+    #[arg(long, value_name = "FILE")]
+    pub protocol: Option<PathBuf>,
+    /// Where the audit log goes [default: a new directory under the system temp dir].
+    #[arg(long, value_name = "DIR")]
+    pub audit_dir: Option<PathBuf>,
+    /// Port of the embedded broker on 127.0.0.1 (a free one is used when it is taken).
+    #[arg(long, default_value_t = 1883)]
+    pub port: u16,
+    /// Inject a fault into a simulated device: DEVICE:KIND[=VALUE], KIND one of overheating,
+    /// power-drift, electrode-lifting, silent, ignore-stop, ignore-leases. Repeatable.
+    #[arg(long = "fault", value_name = "DEVICE:KIND[=VALUE]", value_parser = crate::sim::cli::parse_fault)]
+    pub faults: Vec<crate::sim::cli::FaultArg>,
+    /// Controller id (the `<controller>` topic level).
+    #[arg(long, default_value = crate::DEFAULT_CONTROLLER_ID)]
+    pub controller: String,
+}
+
+/// `modalis run`
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The protocol file.
+    pub protocol: PathBuf,
+    /// An external broker, mqtt://host:port [default: an embedded one on 127.0.0.1:1883].
+    #[arg(long, value_name = "URL")]
+    pub broker: Option<String>,
+    /// Broker user name.
+    #[arg(long, requires = "broker")]
+    pub username: Option<String>,
+    /// Broker password (better from the environment than the command line).
+    #[arg(
+        long,
+        env = "MODALIS_MQTT_PASSWORD",
+        hide_env_values = true,
+        requires = "username"
+    )]
+    pub password: Option<String>,
+    /// Who arms and starts the session (recorded in the audit log).
+    #[arg(long)]
+    pub operator: String,
+    /// Arm without asking (the dose report is still printed and audited).
+    #[arg(long)]
+    pub yes: bool,
+    /// Audit log directory.
+    #[arg(long, value_name = "DIR", default_value = "modalis-audit")]
+    pub audit_dir: PathBuf,
+    /// Simulate the protocol's devices instead of driving real ones.
+    #[arg(long)]
+    pub simulate: bool,
+    /// Time compression; only with --simulate (real patients are treated in real time).
+    #[arg(long, default_value_t = 1, requires = "simulate", value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub speed: u32,
+    /// Controller id (the `<controller>` topic level).
+    #[arg(long, default_value = crate::DEFAULT_CONTROLLER_ID)]
+    pub controller: String,
 }
 
 /// `modalis plugin ...`
@@ -77,8 +146,72 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             check_cmd(&runtime(&cache)?, &file, params.as_deref())
         }
         Command::Audit(cmd) => modalis_audit::cli::run(cmd),
-        Command::Demo => demo(&runtime(&cache)?),
+        Command::Demo(args) => demo(&runtime(&cache)?, args, &cache),
+        Command::Run(args) => run_cmd(args, &cache),
+        Command::Sim(args) => tokio_runtime()?.block_on(async {
+            let cancel = CancellationToken::new();
+            crate::shutdown::cancel_on_signals(cancel.clone());
+            crate::sim::cli::run(args, cancel).await?;
+            Ok(ExitCode::SUCCESS)
+        }),
     }
+}
+
+fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Runs a protocol to its end; Ctrl-C or SIGTERM stops every source first.
+fn run_protocol(opts: crate::runner::RunOptions) -> anyhow::Result<ExitCode> {
+    tokio_runtime()?.block_on(async move {
+        let cancel = CancellationToken::new();
+        crate::shutdown::cancel_on_signals(cancel.clone());
+        let ok = crate::runner::run(opts, cancel).await?;
+        Ok(if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
+    })
+}
+
+fn run_cmd(args: RunArgs, cache: &Path) -> anyhow::Result<ExitCode> {
+    let broker = match args.broker {
+        None => crate::runner::BrokerChoice::Embedded { port: 1883 },
+        Some(url) => crate::runner::BrokerChoice::External {
+            url,
+            credentials: args.username.map(|username| crate::bus::Credentials {
+                username,
+                password: args.password.unwrap_or_default(),
+            }),
+        },
+    };
+    run_protocol(crate::runner::RunOptions {
+        protocol: args.protocol,
+        broker,
+        simulate: args.simulate,
+        faults: Default::default(),
+        speed: args.speed,
+        controller_id: args.controller,
+        audit_dir: args.audit_dir,
+        cache_dir: cache.to_path_buf(),
+        operator: args.operator,
+        yes: args.yes,
+        plugins: crate::runner::bundled_plugins(),
+    })
+}
+
+/// The example protocol: from the working directory (a checkout), else from the source tree
+/// this binary was built from.
+fn example_protocol() -> PathBuf {
+    let rel = PathBuf::from("examples/protocols/dpn-combined.toml");
+    if rel.is_file() {
+        return rel;
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/protocols/dpn-combined.toml")
 }
 
 fn runtime(cache: &Path) -> anyhow::Result<PluginRuntime> {
@@ -141,48 +274,46 @@ fn check_cmd(rt: &PluginRuntime, file: &Path, params: Option<&Path>) -> anyhow::
     })
 }
 
-fn demo(rt: &PluginRuntime) -> anyhow::Result<ExitCode> {
+fn demo(rt: &PluginRuntime, args: DemoArgs, cache: &Path) -> anyhow::Result<ExitCode> {
     let mut ok = true;
+    println!("Checking the bundled plugins in the sandbox:");
     for a in modalis_plugin_artifacts::FIRST_PARTY {
         let report = check::check_bytes(rt, a.package, a.bytes, None);
-        println!("{report}\n");
-        ok &= report.passed();
-        if let Ok(mut p) = rt.load_bytes(a.package, a.bytes) {
-            let sample = p.manifest().sample_params.clone();
-            if let Ok(Ok(plan)) = p.plan(&sample, &modalis_sdk::Patient::default()) {
-                println!("  sample plan of {}: {} steps", p.label(), plan.steps.len());
-                for s in plan.steps.iter().take(6) {
-                    println!(
-                        "    {:>8} ms +{:>7} ms  {:<6} {:<24} {}",
-                        s.offset_ms,
-                        s.duration_ms,
-                        s.channel,
-                        s.site.to_string(),
-                        s.label
-                    );
-                }
-                if plan.steps.len() > 6 {
-                    println!("    ... {} more", plan.steps.len() - 6);
-                }
-                for n in &plan.notes {
-                    println!("  note: {n}");
-                }
-                println!();
-            }
-        }
-    }
-    println!(
-        "{} bundled plugin(s) {}",
-        modalis_plugin_artifacts::FIRST_PARTY.len(),
-        if ok {
-            "passed every check"
+        if report.passed() {
+            println!("  {:<20} passed every conformance check", a.package);
         } else {
-            "FAILED a check"
+            println!("{report}");
         }
-    );
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+        ok &= report.passed();
+    }
+    if !ok {
+        println!("A bundled plugin FAILED a check: not running the demo.");
+        return Ok(ExitCode::FAILURE);
+    }
+    println!();
+    let mut faults: std::collections::BTreeMap<String, crate::sim::Faults> = Default::default();
+    for f in args.faults {
+        let device = f.device.clone();
+        f.kind.apply(faults.entry(device).or_default());
+    }
+    let audit_dir = args.audit_dir.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!(
+            "modalis-demo-{}-{}",
+            std::process::id(),
+            crate::bus::payload::wall_clock_ms()
+        ))
+    });
+    run_protocol(crate::runner::RunOptions {
+        protocol: args.protocol.unwrap_or_else(example_protocol),
+        broker: crate::runner::BrokerChoice::Embedded { port: args.port },
+        simulate: true,
+        faults,
+        speed: args.speed,
+        controller_id: args.controller,
+        audit_dir,
+        cache_dir: cache.to_path_buf(),
+        operator: "demo".into(),
+        yes: true,
+        plugins: crate::runner::bundled_plugins(),
     })
 }

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod controller;
 pub mod plugin;
 pub mod protocol;
+pub mod runner;
 pub mod session;
 pub mod shutdown;
 pub mod sim;

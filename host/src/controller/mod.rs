@@ -1002,8 +1002,9 @@ impl Core {
             (sp, Some(lease)) => {
                 let grant = self.grant(id, &lease, t);
                 if let Some(s) = self.stations.get_mut(id) {
-                    s.leases
-                        .insert((st.device.clone(), st.channel.clone()), lease);
+                    let key = (st.device.clone(), st.channel.clone());
+                    s.set_lease.insert(key.clone(), grant.id);
+                    s.leases.insert(key, lease);
                 }
                 CommandAction::Set {
                     setpoint: sp,
@@ -1098,6 +1099,10 @@ impl Core {
                     // No lease means not energised: nothing to reduce.
                     if let Some(lease) = lease {
                         let grant = self.grant(id, &lease, t);
+                        if let Some(s) = self.stations.get_mut(id) {
+                            s.set_lease
+                                .insert((device_id.clone(), channel.clone()), grant.id);
+                        }
                         self.send(
                             Some(id),
                             &device_id,
@@ -1521,9 +1526,29 @@ impl Core {
             measured_at_ms,
             measurement: t.measurement,
         };
-        let actions = sup.observe(&sample, ts);
-        let energised = sup.is_energised(&t.device, &t.channel);
         let key = (t.device.clone(), t.channel.clone());
+        // A measured output power is compared with the setpoint the supervisor admitted last,
+        // so it must describe that setpoint: a sample under an older lease was measured
+        // before the device applied the command, and one saying "delivering" just after a
+        // stop was measured before the stop arrived. Such samples are not evidence of a fault
+        // (the stop-ignored check below handles a stop that never takes). Skin temperature
+        // and impedance describe the patient, whatever the command: always observed.
+        let before_command = matches!(t.measurement, modalis_sdk::Measurement::OpticalPowerMw(_))
+            && if sup.is_energised(&t.device, &t.channel) {
+                let want = s.set_lease.get(&key).copied().unwrap_or(0);
+                t.lease_id.is_none_or(|l| l < want)
+            } else {
+                t.delivering
+                    && s.stopped_at
+                        .get(&key)
+                        .is_some_and(|&at| t.ts_ms <= at.saturating_add(grace))
+            };
+        let actions = if before_command {
+            Vec::new()
+        } else {
+            sup.observe(&sample, ts)
+        };
+        let energised = sup.is_energised(&t.device, &t.channel);
         // A device saying it delivers while the controller has it stopped, well after the
         // stop went out (or with no command at all): it is not obeying.
         let ignoring = t.delivering

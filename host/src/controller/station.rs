@@ -79,6 +79,9 @@ pub(super) struct Station {
     pub stopped_at: HashMap<(String, String), u64>,
     /// The lease each energised (device, channel) runs under.
     pub leases: HashMap<(String, String), Lease>,
+    /// The wire lease id of the last setpoint sent to each (device, channel): telemetry under
+    /// an older lease was measured before the device applied it.
+    pub set_lease: HashMap<(String, String), u64>,
     /// Sources already reported for ignoring a stop (one alarm per source).
     pub ignoring: BTreeSet<(String, String)>,
     pub next_renew: Option<Instant>,
@@ -268,6 +271,7 @@ pub(super) fn prepare(
         blocks: timeline,
         stopped_at: HashMap::new(),
         leases: HashMap::new(),
+        set_lease: HashMap::new(),
         ignoring: BTreeSet::new(),
         next_renew: None,
         next_status: None,
