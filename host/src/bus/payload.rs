@@ -351,6 +351,82 @@ pub struct EstopInput {
     pub reason: String,
 }
 
+/// Largest overheating gain or power drift factor a fault may carry. The simulator's physics
+/// stay finite and its readings plausible up to here; anything larger is a typo, not a test.
+pub const MAX_FAULT_FACTOR: f64 = 100.0;
+
+/// Fastest electrode lifting a fault may carry, ohm per second (1 Mohm/s reads as an open
+/// circuit within a second; faster only risks non-finite readings over a long run).
+pub const MAX_LIFTING_OHM_PER_S: f64 = 1.0e6;
+
+/// The faults a simulated device shows (the wire form of the simulator's `Faults`). A field
+/// left out is no fault of that kind, so `{}` is a healthy device; fields that are no fault
+/// are left out when encoding, to keep hand-written examples short.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FaultSpec {
+    /// Multiplies how much the skin heats per delivered power, unknown to the device's own
+    /// regulation (e.g. 2.0: a heat channel overshoots its target). Greater than 0, at most
+    /// 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overheating_gain: Option<f64>,
+    /// Multiplies the actual output power; the power sensor measures the drifted power (e.g.
+    /// 1.5 delivers and reports 150 % of the setpoint). Greater than 0, at most 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_drift: Option<f64>,
+    /// Electrodes lifting off: the impedance rises by this many ohm per second from when the
+    /// fault is set. 0 to 1000000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub electrode_lifting_ohm_per_s: Option<f64>,
+    /// Publishes no telemetry at all (acks still go out).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub silent: bool,
+    /// Acks stop commands (and `off` setpoints) as accepted but keeps delivering.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ignore_stop: bool,
+    /// Keeps delivering after a lease lapses.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ignore_leases: bool,
+}
+
+impl FaultSpec {
+    /// The first field out of range, as (field, what was expected and what came). Fields are
+    /// named as in the JSON.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        let factor = |field: &'static str, v: Option<f64>| match v {
+            Some(v) if !(v.is_finite() && v > 0.0 && v <= MAX_FAULT_FACTOR) => Err((
+                field,
+                format!("expected a number > 0 and <= {MAX_FAULT_FACTOR}, got {v}"),
+            )),
+            _ => Ok(()),
+        };
+        factor("overheating_gain", self.overheating_gain)?;
+        factor("power_drift", self.power_drift)?;
+        match self.electrode_lifting_ohm_per_s {
+            Some(v) if !(v.is_finite() && (0.0..=MAX_LIFTING_OHM_PER_S).contains(&v)) => Err((
+                "electrode_lifting_ohm_per_s",
+                format!("expected a number >= 0 and <= {MAX_LIFTING_OHM_PER_S}, got {v}"),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `sim/<device>/fault`, from an operator or a test: replaces the simulated device's faults.
+/// Only the simulator listens; a real device never subscribes to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SimFaultMessage {
+    /// Sequence number of this publisher's messages.
+    pub seq: u64,
+    /// Publisher's wall clock when sent, Unix milliseconds.
+    pub ts_ms: u64,
+    /// Simulated device id (the topic's `<device>` level).
+    pub device: String,
+    /// The faults from now on; they replace the previous ones entirely.
+    pub faults: FaultSpec,
+}
+
 /// A decoded message and the topic it came on.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Inbound {
@@ -370,6 +446,8 @@ pub enum Inbound {
     Alarm(AlarmMessage),
     /// `estop`.
     Estop(EstopInput),
+    /// `sim/<device>/fault`.
+    SimFault(SimFaultMessage),
 }
 
 /// Why an inbound message was rejected. Every variant names the topic.
@@ -539,6 +617,14 @@ pub fn decode(topics: &Topics, topic: &str, payload: &[u8]) -> Result<Inbound, D
             nonempty("panel", &m.panel)?;
             Inbound::Estop(m)
         }
+        Topic::SimFault { device } => {
+            let m: SimFaultMessage = from_json(topic, payload)?;
+            same("device", &m.device, &device)?;
+            m.faults
+                .check()
+                .map_err(|(field, message)| bad(&format!("faults.{field}"), message))?;
+            Inbound::SimFault(m)
+        }
     })
 }
 
@@ -566,6 +652,7 @@ pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
         ),
         ("alarm", schemars::schema_for!(AlarmMessage)),
         ("estop", schemars::schema_for!(EstopInput)),
+        ("sim/{device}/fault", schemars::schema_for!(SimFaultMessage)),
     ]
 }
 
@@ -640,6 +727,73 @@ mod tests {
             r#"{"seq":1,"ts_ms":1,"device":"pads","channel":"p","measurement":{"kind":"skin_temp_c","value":33.0},"delivering":true,"lease_id":null} {}"#,
             "(document)",
         );
+    }
+
+    #[test]
+    fn fault_messages_round_trip_and_bad_ones_name_the_field() {
+        let t = topics();
+        let topic = t.sim_fault("pads").expect("valid");
+        let msg = SimFaultMessage {
+            seq: 1,
+            ts_ms: 2,
+            device: "pads".into(),
+            faults: FaultSpec {
+                power_drift: Some(1.5),
+                silent: true,
+                ..FaultSpec::default()
+            },
+        };
+        let bytes = encode(&msg).expect("encodes");
+        assert_eq!(
+            decode(&t, &topic, &bytes).expect("decodes"),
+            Inbound::SimFault(msg)
+        );
+        // Everything is optional inside `faults`: `{}` is a healthy device.
+        let healthy = decode(
+            &t,
+            &topic,
+            br#"{"seq":1,"ts_ms":1,"device":"pads","faults":{}}"#,
+        )
+        .expect("decodes");
+        assert!(
+            matches!(&healthy, Inbound::SimFault(m) if m.faults == FaultSpec::default()),
+            "{healthy:?}"
+        );
+        let check = |faults: &str, field: &str| {
+            let payload = format!(r#"{{"seq":1,"ts_ms":1,"device":"pads","faults":{faults}}}"#);
+            let e = decode(&t, &topic, payload.as_bytes()).expect_err(&payload);
+            let DecodeError::Payload { field: f, .. } = &e else {
+                panic!("{e}")
+            };
+            assert_eq!(f, field, "{e}");
+            assert!(e.to_string().contains(&topic), "{e}");
+        };
+        check(r#"{"overheating_gain":0}"#, "faults.overheating_gain");
+        check(r#"{"overheating_gain":-2}"#, "faults.overheating_gain");
+        check(r#"{"power_drift":0.0}"#, "faults.power_drift");
+        check(r#"{"power_drift":1000}"#, "faults.power_drift");
+        check(
+            r#"{"electrode_lifting_ohm_per_s":-1}"#,
+            "faults.electrode_lifting_ohm_per_s",
+        );
+        check(r#"{"silent":"yes"}"#, "faults.silent");
+        check(r#"{"slient":true}"#, "faults.slient");
+        let e = decode(
+            &t,
+            &topic,
+            br#"{"seq":1,"ts_ms":1,"device":"other","faults":{}}"#,
+        )
+        .expect_err("another device's name");
+        assert!(
+            matches!(&e, DecodeError::Payload { field, .. } if field == "device"),
+            "{e}"
+        );
+        // Lifting may be 0 (an explicit "no lifting").
+        let ok = FaultSpec {
+            electrode_lifting_ohm_per_s: Some(0.0),
+            ..FaultSpec::default()
+        };
+        assert_eq!(ok.check(), Ok(()));
     }
 
     #[test]

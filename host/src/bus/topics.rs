@@ -10,6 +10,11 @@
 //! | `device/<device>/telemetry`             | device      | no       | [`DeviceTelemetry`](super::payload::DeviceTelemetry) |
 //! | `alarm`                                 | controller  | no       | [`AlarmMessage`](super::payload::AlarmMessage) |
 //! | `estop`                                 | any panel   | no       | [`EstopInput`](super::payload::EstopInput) |
+//! | `sim/<device>/fault`                    | operator    | no       | [`SimFaultMessage`](super::payload::SimFaultMessage) |
+//!
+//! `sim/<device>/fault` exists only for the device simulator (`modalis sim`): it replaces a
+//! simulated device's injected faults at run time. It lives outside `device/<device>/...` so
+//! that no controller or real device subscription ever matches it.
 //!
 //! Every id that becomes a topic level (controller, session, device) is checked here, so no id
 //! can smuggle a `/`, a wildcard or an empty level into a topic.
@@ -76,6 +81,11 @@ pub enum Topic {
     Alarm,
     /// `estop`.
     Estop,
+    /// `sim/<device>/fault`: the faults a simulated device is to show from now on.
+    SimFault {
+        /// Simulated device id.
+        device: String,
+    },
 }
 
 impl Topic {
@@ -161,6 +171,10 @@ impl Topics {
                 check_id("device", device)?;
                 format!("{root}/device/{device}/telemetry")
             }
+            Topic::SimFault { device } => {
+                check_id("device", device)?;
+                format!("{root}/sim/{device}/fault")
+            }
         })
     }
 
@@ -214,6 +228,13 @@ impl Topics {
         })
     }
 
+    /// `.../sim/<device>/fault`.
+    pub fn sim_fault(&self, device: &str) -> Result<String, TopicError> {
+        self.render(&Topic::SimFault {
+            device: device.to_string(),
+        })
+    }
+
     /// The filters a controller subscribes to: every device's acks and telemetry, and the
     /// e-stop input.
     pub fn controller_filters(&self) -> Vec<String> {
@@ -228,6 +249,13 @@ impl Topics {
     /// The filter a device subscribes to: its own command topic.
     pub fn device_filters(&self, device: &str) -> Result<Vec<String>, TopicError> {
         Ok(vec![self.device_command(device)?])
+    }
+
+    /// The filter a simulated device subscribes to besides [`Topics::device_filters`]: its
+    /// own fault topic. Kept apart so that what a real device subscribes to stays its command
+    /// topic only.
+    pub fn sim_fault_filter(&self, device: &str) -> Result<String, TopicError> {
+        self.sim_fault(device)
     }
 
     /// Everything of this controller, for dashboards and tests: `modalis/v1/<controller>/#`.
@@ -270,8 +298,11 @@ impl Topics {
             ["device", d, "telemetry"] => Ok(Topic::DeviceTelemetry {
                 device: id("device", d)?,
             }),
+            ["sim", d, "fault"] => Ok(Topic::SimFault {
+                device: id("device", d)?,
+            }),
             _ => Err(unknown(
-                "expected state, alarm, estop, session/<id>/status|dose-report or device/<id>/command|ack|telemetry",
+                "expected state, alarm, estop, session/<id>/status|dose-report, device/<id>/command|ack|telemetry or sim/<id>/fault",
             )),
         }
     }
@@ -303,6 +334,9 @@ mod tests {
             Topic::DeviceTelemetry {
                 device: "tens-2ch".into(),
             },
+            Topic::SimFault {
+                device: "tens-2ch".into(),
+            },
         ];
         for topic in all {
             let s = t.render(&topic).expect("renders");
@@ -313,6 +347,44 @@ mod tests {
             t.device_telemetry("pads").expect("valid"),
             "modalis/v1/clinic-1/device/pads/telemetry"
         );
+        assert_eq!(
+            t.sim_fault("pads").expect("valid"),
+            "modalis/v1/clinic-1/sim/pads/fault"
+        );
+        assert!(
+            !Topic::SimFault {
+                device: "pads".into()
+            }
+            .retained()
+        );
+    }
+
+    #[test]
+    fn the_fault_topic_is_outside_every_controller_and_device_filter() {
+        let t = Topics::new("c").expect("valid id");
+        let fault = t.sim_fault("pads").expect("valid");
+        let mut filters = t.controller_filters();
+        filters.extend(t.device_filters("pads").expect("valid"));
+        for f in filters {
+            assert!(!matches_filter(&f, &fault), "{f} matches {fault}");
+        }
+        assert!(matches_filter(&t.all_filter(), &fault));
+        assert_eq!(t.sim_fault_filter("pads").expect("valid"), fault);
+        assert!(t.sim_fault("a/b").is_err());
+    }
+
+    /// MQTT filter matching, enough for the filters above (`+` one level, `#` the rest).
+    fn matches_filter(filter: &str, topic: &str) -> bool {
+        let mut t = topic.split('/');
+        for f in filter.split('/') {
+            match (f, t.next()) {
+                ("#", _) => return true,
+                ("+", Some(_)) => {}
+                (f, Some(level)) if f == level => {}
+                _ => return false,
+            }
+        }
+        t.next().is_none()
     }
 
     #[test]
