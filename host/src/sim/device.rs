@@ -14,7 +14,7 @@ use super::model::{self, Output, Site, SplitMix64};
 use super::{ChannelState, DeviceState, Faults, SimOptions};
 use crate::bus::payload::{
     AckOutcome, CommandAck, CommandAction, DeviceCommand, DeviceTelemetry, Inbound, LeaseGrant,
-    Sequencer,
+    Sequencer, SimFaultMessage,
 };
 use crate::bus::{BusEvent, BusHandle, Inbox, Qos};
 
@@ -124,7 +124,9 @@ pub(super) struct SimDevice {
     id: String,
     channels: Vec<Channel>,
     bus: BusHandle,
-    faults: watch::Receiver<Faults>,
+    /// The faults in effect: read on every tick, replaced by [`super::SimHandle::set_faults`]
+    /// or by a fault message on the device's fault topic.
+    faults: watch::Sender<Faults>,
     seq: Sequencer,
     rng: SplitMix64,
     period: Duration,
@@ -145,7 +147,7 @@ impl SimDevice {
         profile: DeviceProfile,
         options: &SimOptions,
         bus: BusHandle,
-        faults: watch::Receiver<Faults>,
+        faults: watch::Sender<Faults>,
     ) -> SimDevice {
         let channels: Vec<Channel> = profile
             .channels
@@ -265,10 +267,43 @@ impl SimDevice {
                 self.commands += 1;
                 self.on_command(cmd).await;
             }
-            // Anything else on the command topic is no command: rejected, never acted on.
-            BusEvent::Message { .. } | BusEvent::Rejected(_) => self.rejected += 1,
+            BusEvent::Message {
+                message: Inbound::SimFault(m),
+                retained,
+            } => self.on_fault(m, retained),
+            // Anything else on the device's topics is neither a command nor a fault: rejected,
+            // never acted on. Invalid fault messages (bad JSON, out-of-range numbers) arrive
+            // here as `Rejected` too, so they change nothing.
+            BusEvent::Message { .. } => self.rejected += 1,
+            BusEvent::Rejected(e) => {
+                tracing::warn!(device = %self.id, error = %e, "invalid message ignored");
+                self.rejected += 1;
+            }
             BusEvent::PublishRefused { .. } | BusEvent::SubscribeRefused { .. } => {}
         }
+    }
+
+    /// Replaces the faults with those of a (decoded and range-checked) fault message.
+    fn on_fault(&mut self, m: SimFaultMessage, retained: bool) {
+        // A retained fault would come back on every restart of the simulator, long after
+        // whoever set it has moved on, and silently break a healthy run: refused.
+        if retained {
+            tracing::warn!(
+                device = %self.id,
+                "retained fault message ignored: publish faults without the retain flag"
+            );
+            self.rejected += 1;
+            return;
+        }
+        // The topic named this device (decode checked the payload against it); a message for
+        // another device can only come from a broker that routes wrongly.
+        if m.device != self.id {
+            self.rejected += 1;
+            return;
+        }
+        let faults = Faults::from(m.faults);
+        tracing::warn!(device = %self.id, seq = m.seq, ?faults, "faults injected over MQTT");
+        self.faults.send_replace(faults);
     }
 
     async fn on_command(&mut self, cmd: DeviceCommand) {

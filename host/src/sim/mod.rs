@@ -15,7 +15,9 @@
 //!   noise (optical channels with a power sensor), electrode impedance (electrical channels
 //!   with an impedance monitor). Each message says whether the channel is delivering.
 //!
-//! Faults ([`Faults`]) are set per device at spawn or later with [`SimHandle::set_faults`]:
+//! Faults ([`Faults`]) are set per device at spawn, later with [`SimHandle::set_faults`], or
+//! over MQTT by a [`SimFaultMessage`](crate::bus::payload::SimFaultMessage) on the device's
+//! `sim/<device>/fault` topic (so a running `modalis sim` can be broken from another shell):
 //! overheating, power drift, electrode lifting, going silent, ignoring stops and ignoring
 //! leases. A device with the last two keeps delivering after a stop or a lapsed lease, and
 //! its telemetry says so: that is what the controller must notice.
@@ -33,6 +35,7 @@ use tokio_util::task::TaskTracker;
 use modalis_governor::DeviceProfile;
 use modalis_sdk::{ChannelKind, Setpoint};
 
+use crate::bus::payload::FaultSpec;
 use crate::bus::topics::{TopicError, check_id};
 use crate::bus::{Bus, BusConfig, BusError, BusTask, Qos};
 
@@ -54,6 +57,32 @@ pub struct Faults {
     pub ignore_stop: bool,
     /// Keeps delivering after a lease lapses.
     pub ignore_leases: bool,
+}
+
+impl From<FaultSpec> for Faults {
+    fn from(f: FaultSpec) -> Faults {
+        Faults {
+            overheating_gain: f.overheating_gain,
+            power_drift: f.power_drift,
+            electrode_lifting_ohm_per_s: f.electrode_lifting_ohm_per_s,
+            silent: f.silent,
+            ignore_stop: f.ignore_stop,
+            ignore_leases: f.ignore_leases,
+        }
+    }
+}
+
+impl From<Faults> for FaultSpec {
+    fn from(f: Faults) -> FaultSpec {
+        FaultSpec {
+            overheating_gain: f.overheating_gain,
+            power_drift: f.power_drift,
+            electrode_lifting_ohm_per_s: f.electrode_lifting_ohm_per_s,
+            silent: f.silent,
+            ignore_stop: f.ignore_stop,
+            ignore_leases: f.ignore_leases,
+        }
+    }
 }
 
 /// How the simulator behaves.
@@ -192,8 +221,8 @@ pub struct Simulator;
 impl Simulator {
     /// Starts one simulated device per profile, each on its own connection made from `bus`
     /// (the broker, credentials and timing; the client id becomes `<client_id>-<device>`, and
-    /// the subscriptions are the device's command topic). Everything stops when `cancel`
-    /// fires.
+    /// the subscriptions are the device's command topic and its `sim/<device>/fault` topic).
+    /// Everything stops when `cancel` fires.
     pub fn spawn(
         bus: BusConfig,
         profiles: Vec<DeviceProfile>,
@@ -229,16 +258,13 @@ impl Simulator {
             }
             let mut cfg = bus.clone();
             cfg.client_id = format!("{}-{device}", bus.client_id);
-            cfg.subscriptions = cfg
-                .topics
-                .device_filters(&device)
-                .map_err(|source| SimError::DeviceId {
-                    device: device.clone(),
-                    source,
-                })?
-                .into_iter()
-                .map(|f| (f, Qos::AtLeastOnce))
-                .collect();
+            let id_error = |source| SimError::DeviceId {
+                device: device.clone(),
+                source,
+            };
+            let mut filters = cfg.topics.device_filters(&device).map_err(id_error)?;
+            filters.push(cfg.topics.sim_fault_filter(&device).map_err(id_error)?);
+            cfg.subscriptions = filters.into_iter().map(|f| (f, Qos::AtLeastOnce)).collect();
             cfg.birth = None;
             cfg.last_will = None;
             let b = Bus::start(cfg, cancel.clone()).map_err(|source| SimError::Bus {
@@ -246,8 +272,10 @@ impl Simulator {
                 source,
             })?;
             let faults = options.faults.get(&device).cloned().unwrap_or_default();
-            let (faults_tx, faults_rx) = watch::channel(faults);
-            let sim = device::SimDevice::new(profile, &options, b.handle, faults_rx);
+            // The device holds a sender too: a fault message it receives replaces its faults
+            // just as `set_faults` does.
+            let (faults_tx, _) = watch::channel(faults);
+            let sim = device::SimDevice::new(profile, &options, b.handle, faults_tx.clone());
             let state_rx = sim.state();
             tracker.spawn(sim.run(b.inbox, cancel.clone()));
             buses.push(b.task);

@@ -5,17 +5,20 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use modalis::bus::payload::{
-    AckOutcome, CommandAck, CommandAction, DeviceCommand, DeviceTelemetry, Inbound, LeaseGrant,
+    AckOutcome, CommandAck, CommandAction, DeviceCommand, DeviceTelemetry, FaultSpec, Inbound,
+    LeaseGrant, SimFaultMessage,
 };
 use modalis::bus::topics::Topics;
-use modalis::bus::{Bus, BusEvent, Qos};
-use modalis::sim::{Faults, SimHandle, SimOptions, Simulator};
+use modalis::bus::{Bus, BusEvent, OutboundMessage, Qos};
+use modalis::sim::{DeviceState, Faults, SimHandle, SimOptions, Simulator};
 use modalis_governor::DeviceProfile;
 use modalis_sdk::{HeatSetpoint, Measurement, OpticalSetpoint, Setpoint};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{DEVICE_USER, TestBroker, WAIT, controller_config, recv_until, topics};
+use crate::bus::{
+    CONTROLLER_USER, DEVICE_USER, TestBroker, WAIT, controller_config, recv_until, topics,
+};
 
 const PERIOD: Duration = Duration::from_millis(50);
 
@@ -184,11 +187,61 @@ impl Rig {
         .await
     }
 
+    /// Publishes `payload` on `device`'s fault topic as an operator would (QoS 1, not
+    /// retained unless `retain`), from the controller's connection.
+    async fn fault_raw(&self, device: &str, payload: Vec<u8>, retain: bool) {
+        let topic = self.t.sim_fault(device).expect("valid");
+        self.ctl
+            .handle
+            .publish_message(OutboundMessage {
+                topic,
+                payload,
+                qos: Qos::AtLeastOnce,
+                retain,
+            })
+            .await
+            .expect("published");
+    }
+
+    /// Publishes a fault message for `device`.
+    async fn fault(&mut self, device: &str, faults: FaultSpec) {
+        self.seq += 1;
+        let msg = fault_message(self.seq, device, faults);
+        self.fault_raw(device, serde_json::to_vec(&msg).expect("encodes"), false)
+            .await;
+    }
+
+    /// Waits until `device`'s state satisfies `pick`.
+    async fn wait_state(&self, device: &str, what: &str, pick: impl FnMut(&DeviceState) -> bool) {
+        let mut state = self.sim.watch(device).expect("simulated");
+        tokio::time::timeout(WAIT, state.wait_for(pick))
+            .await
+            .unwrap_or_else(|_| panic!("{device}: no {what} within {WAIT:?}"))
+            .expect("simulator running");
+    }
+
+    /// `device`'s actual output power on `channel`, mW (the model's, without noise).
+    fn output_mw(&self, device: &str, channel: &str) -> f64 {
+        self.sim
+            .state(device)
+            .and_then(|s| s.channel(channel).map(|c| c.output_power_mw))
+            .expect("simulated channel")
+    }
+
     fn energised(&self, device: &str, channel: &str) -> bool {
         self.sim
             .state(device)
             .and_then(|s| s.channel(channel).map(|c| c.energised))
             .expect("simulated channel")
+    }
+}
+
+fn fault_message(seq: u64, device: &str, faults: FaultSpec) -> SimFaultMessage {
+    SimFaultMessage {
+        seq,
+        ts_ms: 1,
+        device: device.to_string(),
+        faults,
     }
 }
 
@@ -495,3 +548,156 @@ async fn simulator_faults_show_in_telemetry() {
     );
     rig.cancel.cancel();
 }
+
+/// Faults over MQTT, as `modalis sim` prints how to: a fault message on
+/// `sim/<device>/fault` replaces the device's faults; an invalid one is counted and changes
+/// nothing.
+async fn faults_from_the_fault_topic(broker: TestBroker) {
+    let name = format!("sim-fault-topic-{}", broker.name());
+    let mut rig = Rig::start(broker, &name, &["lllt-808"], &[]).await;
+    let power = |lo: f64, hi: f64| move |m: &DeviceTelemetry| matches!(m.measurement, Measurement::OpticalPowerMw(p) if (lo..hi).contains(&p));
+    let ack = rig
+        .command("lllt-808", "probe", set(laser(100.0), 1, 30_000))
+        .await;
+    assert_eq!(ack.outcome, AckOutcome::Accepted, "{ack:?}");
+    rig.telemetry("lllt-808", power(90.0, 110.0)).await;
+
+    // Power drift from the topic: the device delivers, and measures, 150 %.
+    rig.fault(
+        "lllt-808",
+        FaultSpec {
+            power_drift: Some(1.5),
+            ..FaultSpec::default()
+        },
+    )
+    .await;
+    rig.telemetry("lllt-808", power(135.0, 165.0)).await;
+    assert!((rig.output_mw("lllt-808", "probe") - 150.0).abs() < 1e-9);
+
+    // Invalid fault messages: out of range, a misspelt field, another device's name, not
+    // JSON. Each is counted and none changes the faults.
+    let before = rig.sim.state("lllt-808").expect("simulated").rejected;
+    rig.fault(
+        "lllt-808",
+        FaultSpec {
+            power_drift: Some(0.0),
+            ..FaultSpec::default()
+        },
+    )
+    .await;
+    rig.fault_raw(
+        "lllt-808",
+        br#"{"seq":90,"ts_ms":1,"device":"lllt-808","faults":{"slient":true}}"#.to_vec(),
+        false,
+    )
+    .await;
+    rig.fault_raw(
+        "lllt-808",
+        serde_json::to_vec(&fault_message(91, "tens-2ch", FaultSpec::default())).expect("encodes"),
+        false,
+    )
+    .await;
+    rig.fault_raw("lllt-808", b"silent please".to_vec(), false)
+        .await;
+    rig.wait_state("lllt-808", "four rejected fault messages", |s| {
+        s.rejected >= before + 4
+    })
+    .await;
+    assert_eq!(
+        rig.sim.state("lllt-808").expect("simulated").rejected,
+        before + 4
+    );
+    rig.telemetry("lllt-808", power(135.0, 165.0)).await;
+    assert!(
+        (rig.output_mw("lllt-808", "probe") - 150.0).abs() < 1e-9,
+        "the drift is still 1.5"
+    );
+
+    // Silence from the topic: the telemetry count stops. The message replaces the drift.
+    rig.fault(
+        "lllt-808",
+        FaultSpec {
+            silent: true,
+            ..FaultSpec::default()
+        },
+    )
+    .await;
+    rig.wait_state("lllt-808", "the drift cleared", |s| {
+        s.channel("probe")
+            .is_some_and(|c| (c.output_power_mw - 100.0).abs() < 1e-9)
+    })
+    .await;
+    tokio::time::sleep(PERIOD * 3).await;
+    let silent_from = rig.sim.state("lllt-808").expect("simulated").telemetry;
+    tokio::time::sleep(PERIOD * 6).await;
+    assert_eq!(
+        rig.sim.state("lllt-808").expect("simulated").telemetry,
+        silent_from,
+        "a silent device sends nothing"
+    );
+
+    // `{}` heals it: telemetry again, at the setpoint.
+    rig.fault("lllt-808", FaultSpec::default()).await;
+    rig.telemetry("lllt-808", power(90.0, 110.0)).await;
+    rig.cancel.cancel();
+    tokio::time::timeout(WAIT, rig.sim.join())
+        .await
+        .expect("the simulator ends after cancel");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulator_takes_faults_from_its_fault_topic_on_rumqttd() {
+    faults_from_the_fault_topic(TestBroker::embedded().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulator_takes_faults_from_its_fault_topic_on_mosquitto() {
+    faults_from_the_fault_topic(TestBroker::mosquitto()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulator_refuses_a_retained_fault_left_on_the_broker() {
+    let broker = TestBroker::mosquitto();
+    let t = topics("sim-fault-retained");
+    let cancel = CancellationToken::new();
+    // Someone published a fault with the retain flag, before the simulator started.
+    let mut cfg = broker.config("panel", &t, CONTROLLER_USER);
+    let topic = t.sim_fault("lllt-808").expect("valid");
+    cfg.subscriptions = vec![(topic.clone(), Qos::AtLeastOnce)];
+    let mut panel = Bus::start(cfg, cancel.clone()).expect("ok");
+    panel.handle.wait_connected(WAIT).await.expect("connected");
+    let silent = fault_message(
+        1,
+        "lllt-808",
+        FaultSpec {
+            silent: true,
+            ..FaultSpec::default()
+        },
+    );
+    panel
+        .handle
+        .publish(&topic, &silent, Qos::AtLeastOnce, true)
+        .await
+        .expect("published");
+    // Its own copy back means the broker has it (and keeps it): the devices, which subscribe
+    // only after this, get it from the retained store.
+    recv_until(&mut panel.inbox, "the fault message back", |ev| match ev {
+        BusEvent::Message {
+            message: Inbound::SimFault(m),
+            ..
+        } => Some(m),
+        _ => None,
+    })
+    .await;
+    // Rig::start waits for telemetry from the device: a device that took the retained fault
+    // would never send any.
+    let mut rig = Rig::start(broker, "sim-fault-retained", &["lllt-808"], &[]).await;
+    rig.wait_state("lllt-808", "the retained fault rejected", |s| {
+        s.rejected >= 1
+    })
+    .await;
+    rig.telemetry("lllt-808", |_| true).await;
+    cancel.cancel();
+    rig.cancel.cancel();
+}
+
