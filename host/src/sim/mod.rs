@@ -22,6 +22,7 @@
 //! leases. A device with the last two keeps delivering after a stop or a lapsed lease, and
 //! its telemetry says so: that is what the controller must notice.
 
+pub mod cli;
 mod device;
 pub mod model;
 

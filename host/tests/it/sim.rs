@@ -701,3 +701,103 @@ async fn simulator_refuses_a_retained_fault_left_on_the_broker() {
     rig.cancel.cancel();
 }
 
+/// `modalis sim` as the command line runs it: profiles from files, a `--fault` from the
+/// start, stopped by the cancellation token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sim_command_runs_devices_with_faults_from_flags() {
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        sim: modalis::sim::cli::SimArgs,
+    }
+
+    let broker = TestBroker::embedded().await;
+    let TestBroker::Embedded(embedded) = &broker else {
+        unreachable!("embedded")
+    };
+    let t = topics("sim-command");
+    let profile = format!(
+        "{}/../examples/profiles/lllt-808.toml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let cli = Cli::try_parse_from([
+        "sim",
+        "--broker",
+        &embedded.url(),
+        "--controller",
+        t.controller(),
+        "--profile",
+        &profile,
+        "--telemetry-period-ms",
+        "50",
+        "--fault",
+        "lllt-808:power-drift=2",
+    ])
+    .expect("valid arguments");
+    let cancel = CancellationToken::new();
+    let sim = tokio::spawn(modalis::sim::cli::run(cli.sim, cancel.clone()));
+
+    let mut ctl = Bus::start(controller_config(&broker, &t, "ctl"), cancel.clone()).expect("ok");
+    let cmd = DeviceCommand {
+        seq: 1,
+        ts_ms: 1,
+        command_id: "cmd-1".into(),
+        device: "lllt-808".into(),
+        channel: "probe".into(),
+        session: None,
+        step: None,
+        action: set(laser(100.0), 1, 30_000),
+    };
+    let topic = t.device_command("lllt-808").expect("valid");
+    // Until acked: the device may not have subscribed yet when the first copy goes out.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "no ack from the simulated device"
+        );
+        if ctl.handle.is_connected() {
+            ctl.handle
+                .publish(&topic, &cmd, Qos::AtLeastOnce, false)
+                .await
+                .expect("published");
+        }
+        let acked = tokio::time::timeout(Duration::from_millis(500), async {
+            while let Some(ev) = ctl.inbox.recv().await {
+                if let BusEvent::Message {
+                    message: Inbound::Ack(a),
+                    ..
+                } = ev
+                {
+                    return Some(a);
+                }
+            }
+            None
+        })
+        .await;
+        if let Ok(Some(a)) = acked {
+            assert_eq!(a.outcome, AckOutcome::Accepted, "{a:?}");
+            break;
+        }
+    }
+    // The drift from --fault: 200 mW measured for a 100 mW setpoint.
+    recv_until(&mut ctl.inbox, "drifted optical power", |ev| match ev {
+        BusEvent::Message {
+            message: Inbound::Telemetry(m),
+            ..
+        } if matches!(m.measurement, Measurement::OpticalPowerMw(p) if (180.0..220.0).contains(&p)) => {
+            Some(())
+        }
+        _ => None,
+    })
+    .await;
+
+    cancel.cancel();
+    tokio::time::timeout(WAIT, sim)
+        .await
+        .expect("modalis sim ends after cancel")
+        .expect("no panic")
+        .expect("no error");
+}
