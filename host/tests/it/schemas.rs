@@ -45,6 +45,18 @@ fn generate() -> BTreeMap<PathBuf, String> {
         "plugin-adjustment.schema.json",
         schemars::schema_for!(Adjustment),
     );
+    // Every MQTT payload, named after its topic pattern without the id levels
+    // (`device/{device}/telemetry` -> `mqtt/device-telemetry.schema.json`).
+    for (pattern, schema) in modalis::bus::payload::schemas() {
+        let name: Vec<&str> = pattern
+            .split('/')
+            .filter(|level| !level.starts_with('{'))
+            .collect();
+        out.insert(
+            PathBuf::from(format!("mqtt/{}.schema.json", name.join("-"))),
+            pretty(&schema.to_value()),
+        );
+    }
     // Each first-party plugin's parameter schema, as it describes itself through the sandbox.
     let rt = super::runtime::runtime();
     for a in modalis_plugin_artifacts::FIRST_PARTY {
