@@ -44,8 +44,8 @@ pub enum Command {
 /// `modalis demo`
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
-    /// Time compression: 60 plays the 56-minute example protocol in about a minute.
-    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    /// Time compression: the default plays the 56-minute example protocol in 37 s.
+    #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u32).range(1..=3600))]
     pub speed: u32,
     /// The protocol file [default: examples/protocols/dpn-combined.toml].
     #[arg(long, value_name = "FILE")]

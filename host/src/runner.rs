@@ -167,6 +167,7 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
         opts.plugins.clone(),
     );
     cfg.speed = opts.speed;
+    cfg.devices = protocol.devices.values().map(|p| p.id.clone()).collect();
     let ctl = Controller::start(cfg, ctl_cancel.clone())
         .await
         .context("starting the controller")?;

@@ -185,6 +185,29 @@ impl AuditLog {
         wait.recv().map_err(|_| AuditError::Closed)?
     }
 
+    /// Appends several records in order with one wait: they share group commits (usually
+    /// one), so a burst of commands costs about one flush instead of one each. Returns each
+    /// record's result in order; a record whose result is `Err` must not be acted on.
+    pub fn append_batch(&self, entries: Vec<Entry>) -> Vec<Result<u64, AuditError>> {
+        let waits: Vec<Result<mpsc::Receiver<Result<u64, AuditError>>, AuditError>> = entries
+            .into_iter()
+            .map(|entry| {
+                let (done, wait) = mpsc::sync_channel(1);
+                self.send(Msg::Append {
+                    entry,
+                    wall_ms: now_ms(),
+                    mono_ns: self.mono_ns(),
+                    done: Some(done),
+                })
+                .map(|()| wait)
+            })
+            .collect();
+        waits
+            .into_iter()
+            .map(|w| w.and_then(|w| w.recv().map_err(|_| AuditError::Closed)?))
+            .collect()
+    }
+
     /// Queues one telemetry record from `device` for the next group commit and returns at
     /// once. It is written within [`AuditConfig::telemetry_delay`] or when the batch fills,
     /// whichever comes first; [`AuditLog::flush_pending`] waits for it.

@@ -3,8 +3,11 @@
 //!
 //! [`Controller::start`] opens the audit log, loads the plugins, connects to the broker and
 //! runs the controller loop on a thread of its own (with its own single-threaded tokio
-//! runtime), so the audit log's write-ahead appends, which block for one group commit, never
-//! stall anything else, and the step timer does not compete with the simulator or a UI.
+//! runtime), so the audit log's write-ahead appends, which block for one group commit, stall
+//! nothing else, and the step timer does not compete with the simulator or a UI. The MQTT
+//! connection itself runs on the caller's runtime for the same reason. Commands due together
+//! (steps across stations, lease renewals) are audited as one batch: one group commit, then
+//! all are published.
 //!
 //! The loop is fed by a closed set of inputs: operator requests through the
 //! [`ControllerHandle`], bus events (telemetry, acks, e-stops, connection changes) and its
@@ -76,6 +79,10 @@ pub struct ControllerConfig {
     pub runtime: RuntimeConfig,
     /// The plugins sessions may use, by the id their manifest gives.
     pub plugins: Vec<PluginSource>,
+    /// The ids of the clinic's devices this controller expects to hear from. Messages from
+    /// these while no session uses them are ignored (counted); messages from any other
+    /// device are rejected, counted and audited. Devices of prepared sessions are added.
+    pub devices: Vec<String>,
     /// Time compression of every session: 1 is real time (the only speed for real patients);
     /// more plays a simulation faster. See [`modalis_governor::Governor::time_compressed`].
     pub speed: u32,
@@ -107,6 +114,7 @@ impl ControllerConfig {
             audit_dir,
             runtime,
             plugins,
+            devices: Vec::new(),
             speed: 1,
             renew_every: Duration::from_millis(500),
             watchdog_every: Duration::from_millis(20),
@@ -132,23 +140,8 @@ pub enum ControllerError {
         plugin: String,
     },
     /// A block's plugin is for another modality than its device.
-    #[error(
-        "{file}: block {block:?}: plugin {plugin:?} plans {plugin_modality}, but device {device:?} delivers {device_modality}"
-    )]
-    Modality {
-        /// Protocol file.
-        file: String,
-        /// Block.
-        block: String,
-        /// Plugin id.
-        plugin: String,
-        /// The plugin's modality.
-        plugin_modality: String,
-        /// Device id.
-        device: String,
-        /// The device's modality.
-        device_modality: String,
-    },
+    #[error(transparent)]
+    Modality(Box<ModalityMismatch>),
     /// A plugin refused to plan.
     #[error("block {block:?}: plugin {plugin:?} could not plan: {message}")]
     Plan {
@@ -219,6 +212,26 @@ pub enum ControllerError {
     Start(String),
 }
 
+/// A protocol block whose plugin plans for another modality than its device delivers.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{file}: block {block:?}: plugin {plugin:?} plans {plugin_modality}, but device {device:?} delivers {device_modality}"
+)]
+pub struct ModalityMismatch {
+    /// Protocol file.
+    pub file: String,
+    /// Block.
+    pub block: String,
+    /// Plugin id.
+    pub plugin: String,
+    /// The plugin's modality.
+    pub plugin_modality: String,
+    /// Device id.
+    pub device: String,
+    /// The device's modality.
+    pub device_modality: String,
+}
+
 /// A session after loading, planning and the pre-check: what the operator reads before
 /// arming.
 #[derive(Debug, Clone, Serialize)]
@@ -271,8 +284,11 @@ pub struct SessionSnapshot {
 pub struct ControllerStats {
     /// Inbound messages that failed the wire contract (never acted on).
     pub rejected_inbound: u64,
-    /// Valid messages from devices no live session owns (never acted on).
+    /// Valid messages from devices the controller does not know (never acted on).
     pub unknown_device: u64,
+    /// Valid messages from known devices no live session uses (ignored: an idle device
+    /// still reports).
+    pub idle_device: u64,
     /// Acks for command ids the controller does not know.
     pub unknown_acks: u64,
     /// Publishes that failed (connection down, queue full).
@@ -409,6 +425,10 @@ impl Controller {
         let (done_tx, done_rx) = oneshot::channel();
         let audit_dir = config.audit_dir.clone();
         let ev = events.clone();
+        // The MQTT connection runs on the caller's runtime, not on the controller thread:
+        // the controller blocks on the audit log's group commits, and the connection's
+        // keep-alives and outgoing queue must not wait for that.
+        let io = tokio::runtime::Handle::current();
         let thread = std::thread::Builder::new()
             .name(format!("controller-{}", config.controller_id))
             .spawn(move || {
@@ -423,7 +443,7 @@ impl Controller {
                     }
                 };
                 let result = rt.block_on(async move {
-                    let core = match Core::open(config, ev).await {
+                    let core = match Core::open(config, ev, io).await {
                         Ok(c) => c,
                         Err(e) => {
                             let _ = ready_tx.send(Err(e));
@@ -645,6 +665,24 @@ struct Pending {
     sent: Instant,
 }
 
+/// When a step was due, to measure how late its command left.
+#[derive(Debug, Clone)]
+struct Due {
+    session: String,
+    step: StepRef,
+    label: String,
+    at: Instant,
+}
+
+/// A command queued for the next [`Core::flush`].
+#[derive(Debug)]
+struct Outgoing {
+    entry: Entry,
+    cmd: DeviceCommand,
+    energy: bool,
+    due: Option<Due>,
+}
+
 /// The controller loop's state. Only the controller thread touches it.
 struct Core {
     id: String,
@@ -666,11 +704,14 @@ struct Core {
     /// Station number per session, for lease ids unique per controller.
     station_numbers: HashMap<String, u64>,
     pending: HashMap<String, Pending>,
+    outbox: Vec<Outgoing>,
     next_command: u64,
     sessions_created: u64,
     boot_counter: u64,
     connected: bool,
     stats: ControllerStats,
+    /// Devices the controller expects (configured, or in a prepared session).
+    known_devices: std::collections::BTreeSet<String>,
     /// Rejections audited in the current second, and that second: a flood of bad input is
     /// counted in full but audited at a bounded rate.
     reject_window: (u64, u64),
@@ -683,6 +724,7 @@ impl Core {
     async fn open(
         config: ControllerConfig,
         events: broadcast::Sender<ControllerEvent>,
+        io: tokio::runtime::Handle,
     ) -> Result<Core, ControllerError> {
         let audit = AuditLog::open(&config.audit_dir, &config.controller_id)?;
         let runtime = PluginRuntime::new(config.runtime.clone()).map_err(|e| {
@@ -743,20 +785,23 @@ impl Core {
             version: env!("CARGO_PKG_VERSION").to_string(),
         };
         bus_cfg.last_will = Some(OutboundMessage::json(
-            &topics.state(),
+            topics.state(),
             &state(Presence::Offline),
             Qos::AtLeastOnce,
             true,
         )?);
         bus_cfg.birth = Some(OutboundMessage::json(
-            &topics.state(),
+            topics.state(),
             &state(Presence::Online),
             Qos::AtLeastOnce,
             true,
         )?);
         let broker = bus_cfg.broker.to_string();
         let bus_cancel = CancellationToken::new();
-        let bus = Bus::start(bus_cfg, bus_cancel.clone())?;
+        let bus = {
+            let _on_io = io.enter();
+            Bus::start(bus_cfg, bus_cancel.clone())?
+        };
         let config_json = serde_json::json!({
             "controller": config.controller_id,
             "broker": broker,
@@ -797,11 +842,13 @@ impl Core {
             stations: BTreeMap::new(),
             station_numbers: HashMap::new(),
             pending: HashMap::new(),
+            outbox: Vec::new(),
             next_command: 0,
             sessions_created: 0,
             boot_counter,
             connected: false,
             stats: ControllerStats::default(),
+            known_devices: config.devices.iter().cloned().collect(),
             reject_window: (0, 0),
         })
     }
@@ -833,6 +880,7 @@ impl Core {
                     None => requests_open = false,
                 },
             }
+            self.flush().await;
         }
         self.shutdown().await
     }
@@ -892,15 +940,11 @@ impl Core {
             if st.start_ms > t {
                 break;
             }
-            let late = s
-                .clock
-                .instant_of(st.start_ms)
-                .map_or(Duration::ZERO, |d| now.saturating_duration_since(d));
-            due.push((st.clone(), late));
+            due.push((st.clone(), s.clock.instant_of(st.start_ms)));
             s.next += 1;
         }
-        for (st, late) in due {
-            self.emit(id, &st, t, late).await;
+        for (st, at) in due {
+            self.emit(id, &st, t, at).await;
         }
         let Some(s) = self.stations.get_mut(id) else {
             return;
@@ -950,7 +994,9 @@ impl Core {
     // ---------------------------------------------------------------------------------
 
     /// Emits one approved step: supervisor, audit, MQTT.
-    async fn emit(&mut self, id: &str, st: &station::Sched, t: u64, late: Duration) {
+    /// `due` is when the step was due on the wall clock (`None` for a step resumed after a
+    /// pause, which is not a scheduling event).
+    async fn emit(&mut self, id: &str, st: &station::Sched, t: u64, due: Option<Instant>) {
         let Some(s) = self.stations.get_mut(id) else {
             return;
         };
@@ -965,17 +1011,19 @@ impl Core {
             step: st.step.clone(),
         };
         let d = sup.admit(&cmd, t);
-        let late_us = u64::try_from(late.as_micros()).unwrap_or(u64::MAX);
-        s.counters.jitter_us.push(late_us);
-        let _ = self.events.send(ControllerEvent::Step {
-            session: id.to_string(),
-            step: StepRef::from(&st.step),
-            label: st.label.clone(),
-            admitted: d.admitted(),
-            jitter_us: late_us,
-        });
         if !d.admitted() {
             s.counters.refused += 1;
+            let late_us = due.map_or(0, |at| {
+                u64::try_from(Instant::now().saturating_duration_since(at).as_micros())
+                    .unwrap_or(u64::MAX)
+            });
+            let _ = self.events.send(ControllerEvent::Step {
+                session: id.to_string(),
+                step: StepRef::from(&st.step),
+                label: st.label.clone(),
+                admitted: false,
+                jitter_us: late_us,
+            });
             self.audit_decision(
                 id,
                 &st.device,
@@ -1004,6 +1052,8 @@ impl Core {
                 if let Some(s) = self.stations.get_mut(id) {
                     let key = (st.device.clone(), st.channel.clone());
                     s.set_lease.insert(key.clone(), grant.id);
+                    // Delivering from now on is what was asked for.
+                    s.stopped_at.remove(&key);
                     s.leases.insert(key, lease);
                 }
                 CommandAction::Set {
@@ -1021,16 +1071,23 @@ impl Core {
         let is_stop = matches!(action, CommandAction::Stop { .. });
         if is_stop && let Some(s) = self.stations.get_mut(id) {
             s.stopped_at
-                .insert((st.device.clone(), st.channel.clone()), wall_clock_ms());
+                .entry((st.device.clone(), st.channel.clone()))
+                .or_insert_with(wall_clock_ms);
         }
+        let due = due.map(|at| Due {
+            session: id.to_string(),
+            step: StepRef::from(&st.step),
+            label: st.label.clone(),
+            at,
+        });
         self.send(
             Some(id),
             &st.device,
             &st.channel,
             Some(StepRef::from(&st.step)),
             action,
-        )
-        .await;
+            due,
+        );
     }
 
     /// The wire form of a lease: an id unique per controller and the time left in wall ms.
@@ -1112,8 +1169,8 @@ impl Core {
                                 setpoint,
                                 lease: grant,
                             },
-                        )
-                        .await;
+                            None,
+                        );
                     }
                 }
                 Action::RenewLease { lease } => {
@@ -1129,8 +1186,8 @@ impl Core {
                         &channel,
                         None,
                         CommandAction::RenewLease { lease: grant },
-                    )
-                    .await;
+                        None,
+                    );
                 }
                 Action::Alarm(a) => {
                     let (p, _) = priority(a.priority);
@@ -1173,7 +1230,9 @@ impl Core {
         if let Some(s) = session.and_then(|id| self.stations.get_mut(id)) {
             let key = (device.to_string(), channel.to_string());
             s.leases.remove(&key);
-            s.stopped_at.insert(key, wall_clock_ms());
+            // The first stop since the source was last started counts: repeated stops to a
+            // device that keeps delivering must not restart its grace period.
+            s.stopped_at.entry(key).or_insert_with(wall_clock_ms);
         }
         self.send(
             session,
@@ -1181,20 +1240,23 @@ impl Core {
             channel,
             None,
             CommandAction::Stop { reason },
-        )
-        .await;
+            None,
+        );
     }
 
-    /// Audits a command (write-ahead) and publishes it. Energy commands that could not be
-    /// audited are not sent; stops always are.
-    async fn send(
+    /// Queues a command. [`Core::flush`] audits everything queued as one batch
+    /// (write-ahead: one group commit for a burst of commands due together) and then
+    /// publishes it. Every handler flushes before it returns, and before any slow work (an
+    /// alarm, a checkpoint), so a queued stop is never held up.
+    fn send(
         &mut self,
         session: Option<&str>,
         device: &str,
         channel: &str,
         step: Option<StepRef>,
         action: CommandAction,
-    ) -> bool {
+        due: Option<Due>,
+    ) {
         self.next_command += 1;
         let command_id = format!("{}-c{}", session.unwrap_or(&self.id), self.next_command);
         let energy = !matches!(action, CommandAction::Stop { .. });
@@ -1220,50 +1282,91 @@ impl Core {
         if let Some(s) = session {
             entry = entry.session(s);
         }
-        if let Err(e) = self.audit.append(entry) {
-            self.stats.audit_failures += 1;
-            tracing::error!(error = %e, command = %command_id, "audit append failed");
-            if energy {
-                return false;
-            }
+        self.outbox.push(Outgoing {
+            entry,
+            cmd,
+            energy,
+            due,
+        });
+    }
+
+    /// Audits every queued command in one batch, then publishes them in order. An energy
+    /// command the audit log did not take is not sent; a stop always is.
+    async fn flush(&mut self) {
+        if self.outbox.is_empty() {
+            return;
         }
-        let topic = match self.topics.device_command(device) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::error!(error = %e, "no command topic");
-                return false;
-            }
-        };
-        if let Some(s) = session.and_then(|id| self.stations.get_mut(id)) {
-            s.counters.commands += 1;
-        }
-        match self
-            .bus
-            .publish(&topic, &cmd, Qos::AtLeastOnce, false)
-            .await
-        {
-            Ok(()) => {
-                self.pending.insert(
-                    command_id,
-                    Pending {
-                        session: session.map(str::to_string),
-                        device: device.to_string(),
-                        channel: channel.to_string(),
-                        energy,
-                        sent: Instant::now(),
-                    },
-                );
-                // Acks that never come (a dead device) must not grow the table forever.
-                if self.pending.len() > 4096 {
-                    let cutoff = Instant::now() - Duration::from_secs(60);
-                    self.pending.retain(|_, p| p.sent > cutoff);
+        let out = std::mem::take(&mut self.outbox);
+        let (entries, rest): (Vec<Entry>, Vec<_>) = out
+            .into_iter()
+            .map(|o| (o.entry, (o.cmd, o.energy, o.due)))
+            .unzip();
+        let audited = self.audit.append_batch(entries);
+        for (result, (cmd, energy, due)) in audited.into_iter().zip(rest) {
+            if let Err(e) = result {
+                self.stats.audit_failures += 1;
+                tracing::error!(error = %e, command = %cmd.command_id, "audit append failed");
+                if energy {
+                    continue;
                 }
-                true
             }
-            Err(e) => {
-                self.stats.publish_failures += 1;
-                tracing::warn!(error = %e, "command not published; the device's lease is the backstop");
-                false
+            let topic = match self.topics.device_command(&cmd.device) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::error!(error = %e, "no command topic");
+                    continue;
+                }
+            };
+            if let Some(s) = cmd
+                .session
+                .as_ref()
+                .and_then(|id| self.stations.get_mut(id))
+            {
+                s.counters.commands += 1;
+            }
+            match self
+                .bus
+                .publish(&topic, &cmd, Qos::AtLeastOnce, false)
+                .await
+            {
+                Ok(()) => {
+                    let now = Instant::now();
+                    if let Some(d) = due {
+                        // Lateness as a device sees it: when the command left, audited.
+                        let late_us =
+                            u64::try_from(now.saturating_duration_since(d.at).as_micros())
+                                .unwrap_or(u64::MAX);
+                        if let Some(s) = self.stations.get_mut(&d.session) {
+                            s.counters.jitter_us.push(late_us);
+                        }
+                        let _ = self.events.send(ControllerEvent::Step {
+                            session: d.session,
+                            step: d.step,
+                            label: d.label,
+                            admitted: true,
+                            jitter_us: late_us,
+                        });
+                    }
+                    self.pending.insert(
+                        cmd.command_id.clone(),
+                        Pending {
+                            session: cmd.session.clone(),
+                            device: cmd.device.clone(),
+                            channel: cmd.channel.clone(),
+                            energy,
+                            sent: now,
+                        },
+                    );
+                    // Acks that never come (a dead device) must not grow the table forever.
+                    if self.pending.len() > 4096 {
+                        let cutoff = now - Duration::from_secs(60);
+                        self.pending.retain(|_, p| p.sent > cutoff);
+                    }
+                }
+                Err(e) => {
+                    self.stats.publish_failures += 1;
+                    tracing::warn!(error = %e, "command not published; the device's lease is the backstop");
+                }
             }
         }
     }
@@ -1308,6 +1411,8 @@ impl Core {
         rule: &str,
         reason: String,
     ) {
+        // Commands queued so far (a stop, typically) go out before the alarm's own work.
+        self.flush().await;
         let severity = match p {
             AlarmPriority::Low => Severity::Info,
             AlarmPriority::Medium => Severity::Warning,
@@ -1377,6 +1482,7 @@ impl Core {
                 // A restarted broker may have lost its retained messages.
                 let ids: Vec<String> = self.stations.keys().cloned().collect();
                 for id in ids {
+                    self.publish_report(&id).await;
                     self.publish_status(&id).await;
                 }
             }
@@ -1481,6 +1587,69 @@ impl Core {
         }
     }
 
+    /// A device of an ended session says it is still delivering. Its session stopped every
+    /// source when it ended; well after that, this is a device not obeying: a high-priority
+    /// alarm (once per source), audited, and another stop.
+    async fn delivering_after_session(&mut self, t: &DeviceTelemetry) {
+        let grace = self.stop_grace_ms;
+        let key = (t.device.clone(), t.channel.clone());
+        // The most recent session that had the device.
+        let Some(id) = self
+            .stations
+            .iter()
+            .filter(|(_, s)| s.has_device(&t.device))
+            .max_by_key(|(k, _)| self.station_numbers.get(*k).copied().unwrap_or(0))
+            .map(|(k, _)| k.clone())
+        else {
+            return;
+        };
+        let Some(s) = self.stations.get_mut(&id) else {
+            return;
+        };
+        let stopped = s.stopped_at.get(&key).copied();
+        if stopped.is_some_and(|at| t.ts_ms <= at.saturating_add(grace))
+            || !s.ignoring.insert(key.clone())
+        {
+            return;
+        }
+        let reason = format!(
+            "device {} channel {} is still delivering after session {id} ended: the device is not obeying stops or leases",
+            t.device, t.channel
+        );
+        self.audit_decision(
+            &id,
+            &t.device,
+            rules::RUN_STOP_IGNORED.id,
+            AuditDecision::Stop,
+            serde_json::json!({"channel": t.channel, "reason": reason, "source": rules::RUN_STOP_IGNORED.source, "telemetry": t}),
+        );
+        self.stop_source(Some(&id), &t.device, &t.channel, reason.clone())
+            .await;
+        self.alarm(
+            Some(&id),
+            Some(&t.device),
+            Some(&t.channel),
+            AlarmPriority::High,
+            rules::RUN_STOP_IGNORED.id,
+            reason,
+        )
+        .await;
+    }
+
+    /// A valid message from a device no live session uses: ignored when the device is one
+    /// of the clinic's (an idle device still reports), rejected and audited otherwise.
+    fn not_in_session(&mut self, device: &str, what: &str) {
+        if self.known_devices.contains(device) {
+            self.stats.idle_device += 1;
+            return;
+        }
+        self.stats.unknown_device += 1;
+        self.audit_rejection(
+            "mqtt.unknown_device",
+            format!("{what} from device {device:?}, which this controller does not know"),
+        );
+    }
+
     fn owner(&self, device: &str) -> Option<String> {
         self.stations
             .iter()
@@ -1490,14 +1659,10 @@ impl Core {
 
     async fn on_telemetry(&mut self, t: DeviceTelemetry) {
         let Some(id) = self.owner(&t.device) else {
-            self.stats.unknown_device += 1;
-            self.audit_rejection(
-                "mqtt.unknown_device",
-                format!(
-                    "telemetry from device {:?}, which no live session uses",
-                    t.device
-                ),
-            );
+            if t.delivering {
+                self.delivering_after_session(&t).await;
+            }
+            self.not_in_session(&t.device, "telemetry");
             return;
         };
         let payload = serde_json::to_value(&t).unwrap_or(serde_json::Value::Null);
@@ -1548,7 +1713,16 @@ impl Core {
         } else {
             sup.observe(&sample, ts)
         };
-        let energised = sup.is_energised(&t.device, &t.channel);
+        // The supervisor's stops (this very sample may have tripped the source) go out
+        // first; only then is the sample judged against them.
+        self.carry_out(Some(&id), actions, ts).await;
+        let Some(s) = self.stations.get_mut(&id) else {
+            return;
+        };
+        let energised = s
+            .supervisor
+            .as_ref()
+            .is_some_and(|sup| sup.is_energised(&t.device, &t.channel));
         // A device saying it delivers while the controller has it stopped, well after the
         // stop went out (or with no command at all): it is not obeying.
         let ignoring = t.delivering
@@ -1557,7 +1731,6 @@ impl Core {
                 .get(&key)
                 .is_none_or(|&at| t.ts_ms > at.saturating_add(grace))
             && !s.ignoring.contains(&key);
-        self.carry_out(Some(&id), actions, ts).await;
         if ignoring {
             if let Some(s) = self.stations.get_mut(&id) {
                 s.ignoring.insert(key.clone());
@@ -1598,11 +1771,7 @@ impl Core {
         let pending = self.pending.remove(&a.command_id);
         let Some(p) = pending else {
             if self.owner(&a.device).is_none() {
-                self.stats.unknown_device += 1;
-                self.audit_rejection(
-                    "mqtt.unknown_device",
-                    format!("ack from device {:?}, which no live session uses", a.device),
-                );
+                self.not_in_session(&a.device, "ack");
             } else {
                 // A redelivered ack (QoS 1) or one for a command of an ended session.
                 self.stats.unknown_acks += 1;
@@ -1656,7 +1825,8 @@ impl Core {
             let _ = sup.admit(&off_command(&a.device, &a.channel), t);
             s.leases.remove(&(a.device.clone(), a.channel.clone()));
             s.stopped_at
-                .insert((a.device.clone(), a.channel.clone()), wall_clock_ms());
+                .entry((a.device.clone(), a.channel.clone()))
+                .or_insert_with(wall_clock_ms);
         }
         let what = match a.outcome {
             AckOutcome::Expired => "its lease had lapsed; it stopped by itself",
@@ -1840,6 +2010,8 @@ impl Core {
                 "speed": self.speed,
             })),
         )?;
+        self.known_devices
+            .extend(st.profiles.iter().map(|p| p.id.clone()));
         st.state = machine::next(st.state, &SessionEvent::Planned)?;
         for v in &st.precheck.steps {
             let verdict = match v.verdict {
@@ -1880,24 +2052,9 @@ impl Core {
             total_ms: st.total_ms,
             steps: st.steps.len(),
         };
+        st.report = report;
         self.stations.insert(id.clone(), st);
-        let stamp = self.seq.next();
-        if let Ok(topic) = self.topics.dose_report(&id) {
-            let msg = DoseReportMessage {
-                seq: stamp.seq,
-                ts_ms: stamp.ts_ms,
-                session: id.clone(),
-                report,
-            };
-            if self
-                .bus
-                .publish(&topic, &msg, Qos::AtLeastOnce, true)
-                .await
-                .is_err()
-            {
-                self.stats.publish_failures += 1;
-            }
-        }
+        self.publish_report(&id).await;
         let reason = (!armable).then(|| "the governor's pre-check refused a step".to_string());
         self.transition(&id, SessionEvent::Checked { armable }, reason)
             .await;
@@ -2008,7 +2165,7 @@ impl Core {
         }
         self.transition(id, ev, None).await;
         for st in again.into_values() {
-            self.emit(id, &st, t, Duration::ZERO).await;
+            self.emit(id, &st, t, None).await;
         }
         self.run_station(id).await;
         Ok(())
@@ -2104,6 +2261,7 @@ impl Core {
                 .await;
             stopped.push((device.clone(), channel.clone()));
         }
+        self.flush().await;
         let rest: Vec<Action> = actions
             .into_iter()
             .filter(|a| !matches!(a, Action::Stop { device_id, channel, .. } if stopped.contains(&(device_id.clone(), channel.clone()))))
@@ -2170,6 +2328,11 @@ impl Core {
         };
         s.state = state;
         if state.is_final() {
+            // The final stops leave before the checkpoint's fsync.
+            self.flush().await;
+            let Some(s) = self.stations.get_mut(id) else {
+                return;
+            };
             s.clock.hold(Instant::now());
             s.next_renew = None;
             let why = reason.clone().unwrap_or_else(|| state.as_str().to_string());
@@ -2201,6 +2364,33 @@ impl Core {
             state,
             reason,
         });
+    }
+
+    /// Publishes a session's dose report, retained (again after every reconnect: the
+    /// broker may have restarted without its retained store, or the first publish may have
+    /// come before the connection).
+    async fn publish_report(&mut self, id: &str) {
+        let Some(s) = self.stations.get(id) else {
+            return;
+        };
+        let stamp = self.seq.next();
+        let Ok(topic) = self.topics.dose_report(id) else {
+            return;
+        };
+        let msg = DoseReportMessage {
+            seq: stamp.seq,
+            ts_ms: stamp.ts_ms,
+            session: id.to_string(),
+            report: s.report.clone(),
+        };
+        if self
+            .bus
+            .publish(&topic, &msg, Qos::AtLeastOnce, true)
+            .await
+            .is_err()
+        {
+            self.stats.publish_failures += 1;
+        }
     }
 
     async fn publish_status(&mut self, id: &str) {
@@ -2304,6 +2494,7 @@ impl Core {
             )
             .await;
         }
+        self.flush().await;
         let state = ControllerState {
             seq: self.seq.next().seq,
             ts_ms: wall_clock_ms(),

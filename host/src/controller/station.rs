@@ -88,6 +88,8 @@ pub(super) struct Station {
     pub next_status: Option<Instant>,
     pub counters: StationCounters,
     pub ended: Option<String>,
+    /// The dose report as published (retained), to publish again after a reconnect.
+    pub report: serde_json::Value,
 }
 
 impl Station {
@@ -154,14 +156,16 @@ pub(super) fn prepare(
         };
         let want = plugin.manifest().modality;
         if want != profile.modality {
-            return Err(ControllerError::Modality {
-                file: protocol.path.display().to_string(),
-                block: b.id.clone(),
-                plugin: b.plugin.clone(),
-                plugin_modality: want.as_str().to_string(),
-                device: profile.id.clone(),
-                device_modality: profile.modality.as_str().to_string(),
-            });
+            return Err(ControllerError::Modality(Box::new(
+                super::ModalityMismatch {
+                    file: protocol.path.display().to_string(),
+                    block: b.id.clone(),
+                    plugin: b.plugin.clone(),
+                    plugin_modality: want.as_str().to_string(),
+                    device: profile.id.clone(),
+                    device_modality: profile.modality.as_str().to_string(),
+                },
+            )));
         }
     }
     let patient = plugin_patient(&protocol.patient);
@@ -277,5 +281,6 @@ pub(super) fn prepare(
         next_status: None,
         counters: StationCounters::default(),
         ended: None,
+        report: serde_json::Value::Null,
     })
 }

@@ -2,6 +2,7 @@
 
 mod bus;
 mod cli;
+mod controller;
 mod first_party;
 mod protocol;
 mod runtime;

@@ -98,6 +98,26 @@ fn append_returns_dense_numbers_and_records_read_back_as_written() {
 }
 
 #[test]
+fn a_batch_is_written_in_order_and_an_oversized_member_alone_is_refused() {
+    let dir = TempDir::new().expect("tempdir");
+    let log = AuditLog::open_with(dir.path(), "clinic-1", manual_checkpoints()).expect("open");
+    let big = Entry::new(Actor::Controller, Event::DoseReport)
+        .payload(json!({ "blob": "x".repeat(MAX_RECORD_BYTES) }));
+    let batch = vec![entry(0), entry(1), big, entry(2)];
+    let results = log.append_batch(batch);
+    assert_eq!(results.len(), 4);
+    assert_eq!(results[0].as_ref().ok(), Some(&0));
+    assert_eq!(results[1].as_ref().ok(), Some(&1));
+    assert!(matches!(results[2], Err(AuditError::TooLarge { .. })));
+    assert_eq!(results[3].as_ref().ok(), Some(&2));
+    log.close().expect("close");
+    let reader = AuditReader::open(dir.path()).expect("open");
+    let events: Vec<_> = reader.records().map(|r| r.expect("record").event).collect();
+    assert_eq!(events, vec![entry(0).event, entry(1).event, entry(2).event]);
+    assert!(report(dir.path()).is_ok());
+}
+
+#[test]
 fn an_oversized_record_is_refused_and_takes_no_number() {
     let dir = TempDir::new().expect("tempdir");
     let log = AuditLog::open(dir.path(), "clinic-1").expect("open");

@@ -1,0 +1,920 @@
+//! The session runtime end to end, through real brokers: the controller with the bundled
+//! plugins, the device simulator, a watcher subscribed to `modalis/#` as a dashboard would be,
+//! and the audit log on disk.
+//!
+//! Sessions run time-compressed (the speed is in each test); leases and staleness stay in
+//! wall time, so the lease bounds below are wall-clock bounds. Every wait is bounded.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use modalis::bus::payload::{
+    AlarmPriority, CommandAction, EstopInput, Inbound, Presence, SessionState, wall_clock_ms,
+};
+use modalis::bus::topics::Topics;
+use modalis::bus::{Bus, BusConfig, BusEvent, Qos};
+use modalis::controller::{Controller, ControllerConfig, ControllerHandle, Prepared};
+use modalis::plugin::RuntimeConfig;
+use modalis::protocol::Protocol;
+use modalis::sim::{Faults, SimHandle, SimOptions, Simulator};
+use modalis_audit::{AuditReader, Event};
+use modalis_governor::limits::LEASE_PERIOD_MS;
+use modalis_sdk::Measurement;
+
+use crate::bus::{CONTROLLER_USER, DASHBOARD_USER, DEVICE_USER, TestBroker, WAIT};
+
+/// Slack on wall-clock bounds for a loaded 2-core machine: only scheduling, never protocol
+/// time.
+const SLACK: Duration = Duration::from_millis(500);
+
+fn examples() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+/// A protocol over the example patient and profiles, with these blocks (TOML).
+fn protocol_text(blocks: &str) -> String {
+    let ex = examples();
+    let ex = ex.display();
+    format!(
+        "[protocol]\nname = \"test\"\n\n[patient]\nfile = \"{ex}/patients/dpn-example.toml\"\n\n\
+         [devices]\nheat = \"{ex}/profiles/mire-pads.toml\"\ntens = \"{ex}/profiles/tens-2ch.toml\"\n\
+         laser-acu = \"{ex}/profiles/laser-acupuncture-probe.toml\"\n\n{blocks}"
+    )
+}
+
+const HEAT: &str = r#"
+[[block]]
+id = "heat-feet"
+plugin = "infrared-heat"
+device = "heat"
+start = { at_s = 0 }
+[block.params]
+session_minutes = 30
+target_skin_temp_c = 39.0
+ramp_s = 180
+pads = [
+    { channel = "pad-1", site = "foot_plantar:left", rated_power_w = 5.0 },
+    { channel = "pad-2", site = "foot_dorsum:left", rated_power_w = 5.0 },
+]
+"#;
+
+const TENS: &str = r#"
+[[block]]
+id = "tens-legs"
+plugin = "tens"
+device = "tens"
+start = { at_s = 0 }
+[block.params]
+mode = "acupuncture_like"
+frequency_hz = 14
+pulse_width_us = 250
+amplitude_ma = 25
+session_minutes = 30
+ramp_up_s = 60
+ramp_down_s = 20
+electrodes = [
+    { channel = "ch1", site = "lower_leg_lateral:left", electrode_area_cm2 = 25 },
+    { channel = "ch2", site = "lower_leg_lateral:right", electrode_area_cm2 = 25 },
+]
+"#;
+
+const LASER_ACU: &str = r#"
+[[block]]
+id = "laser-acu"
+plugin = "laser-acupuncture"
+device = "laser-acu"
+start = { at_s = 0 }
+[block.params]
+set = "dpn"
+side = "left"
+dose_j_per_point = 4.0
+probe_power_mw = 200
+wavelength_nm = 808
+beam_area_cm2 = 1.0
+reposition_s = 5
+"#;
+
+/// One message as the watcher saw it, and when.
+#[derive(Debug, Clone)]
+struct Seen {
+    at: Instant,
+    retained: bool,
+    message: Inbound,
+}
+
+/// A dashboard: subscribed to everything of the controller, recording what arrives.
+struct Watcher {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    _bus: (modalis::bus::BusHandle, modalis::bus::BusTask),
+}
+
+impl Watcher {
+    async fn start(
+        broker: &TestBroker,
+        topics: &Topics,
+        id: &str,
+        cancel: &CancellationToken,
+    ) -> Watcher {
+        let mut c = broker.config(id, topics, DASHBOARD_USER);
+        c.subscriptions = vec![(topics.all_filter(), Qos::AtLeastOnce)];
+        let Bus {
+            handle,
+            mut inbox,
+            task,
+        } = Bus::start(c, cancel.clone()).expect("watcher bus");
+        handle.wait_connected(WAIT).await.expect("watcher connects");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = inbox.recv().await {
+                if let BusEvent::Message { message, retained } = ev {
+                    s.lock().expect("lock").push(Seen {
+                        at: Instant::now(),
+                        retained,
+                        message,
+                    });
+                }
+            }
+        });
+        Watcher {
+            seen,
+            _bus: (handle, task),
+        }
+    }
+
+    fn all(&self) -> Vec<Seen> {
+        self.seen.lock().expect("lock").clone()
+    }
+
+    async fn wait_for(&self, what: &str, pick: impl Fn(&Seen) -> bool) -> Seen {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(s) = self.all().into_iter().find(|s| pick(s)) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the watcher saw no {what} within {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// Broker, simulator, controller and watcher for one test.
+struct Rig {
+    broker: TestBroker,
+    dir: tempfile::TempDir,
+    topics: Topics,
+    protocol: Protocol,
+    text: String,
+    sim: Option<SimHandle>,
+    sim_cancel: CancellationToken,
+    ctl: Option<ControllerHandle>,
+    ctl_cancel: CancellationToken,
+    watcher: Watcher,
+    watch_cancel: CancellationToken,
+}
+
+impl Rig {
+    /// `text`: a protocol (see [`protocol_text`]), or `None` for the example protocol.
+    async fn start(
+        broker: TestBroker,
+        name: &str,
+        text: Option<String>,
+        speed: u32,
+        faults: BTreeMap<String, Faults>,
+    ) -> Rig {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (file, text) = match text {
+            Some(text) => {
+                let file = dir.path().join("protocol.toml");
+                std::fs::write(&file, &text).expect("protocol written");
+                (file, text)
+            }
+            None => {
+                let file = examples().join("protocols/dpn-combined.toml");
+                let text = std::fs::read_to_string(&file).expect("example protocol");
+                (file, text)
+            }
+        };
+        let protocol = Protocol::load(&file).expect("protocol loads");
+        let topics = Topics::new(name).expect("controller id");
+        let watch_cancel = CancellationToken::new();
+        let watcher = Watcher::start(&broker, &topics, "watcher", &watch_cancel).await;
+        let sim_cancel = CancellationToken::new();
+        let mut sim_cfg = broker.config("sim", &topics, DEVICE_USER);
+        sim_cfg.client_id = format!("{name}-sim");
+        let sim = Simulator::spawn(
+            sim_cfg,
+            protocol.devices.values().cloned().collect(),
+            SimOptions {
+                thermal_time_constant: Duration::from_secs(20) / speed,
+                faults,
+                ..SimOptions::default()
+            },
+            sim_cancel.clone(),
+        )
+        .expect("simulator starts");
+        assert!(sim.wait_connected(WAIT).await, "simulated devices connect");
+        let ctl_cancel = CancellationToken::new();
+        let devices = protocol.devices.values().map(|p| p.id.clone()).collect();
+        let ctl = start_controller(&broker, &topics, dir.path(), speed, devices, &ctl_cancel).await;
+        Rig {
+            broker,
+            dir,
+            topics,
+            protocol,
+            text,
+            sim: Some(sim),
+            sim_cancel,
+            ctl: Some(ctl),
+            ctl_cancel,
+            watcher,
+            watch_cancel,
+        }
+    }
+
+    fn ctl(&self) -> &ControllerHandle {
+        self.ctl.as_ref().expect("controller running")
+    }
+
+    fn sim(&self) -> &SimHandle {
+        self.sim.as_ref().expect("simulator running")
+    }
+
+    fn audit_dir(&self) -> PathBuf {
+        self.dir.path().join("audit")
+    }
+
+    /// Prepares, arms and starts the protocol; returns what the operator read.
+    async fn run(&self) -> Prepared {
+        let p = self
+            .ctl()
+            .prepare(self.protocol.clone(), &self.text, None)
+            .await
+            .expect("prepares");
+        assert!(p.armable, "{}", p.report_table);
+        self.ctl().arm(&p.session, "tester").await.expect("arms");
+        self.ctl()
+            .start(&p.session, "tester")
+            .await
+            .expect("starts");
+        p
+    }
+
+    /// Waits until any channel of `device` delivers.
+    async fn energised(&self, device: &str) {
+        let mut w = self.sim().watch(device).expect("simulated device");
+        tokio::time::timeout(WAIT, w.wait_for(|s| s.any_energised()))
+            .await
+            .expect("the device starts delivering")
+            .expect("simulator running");
+    }
+
+    fn any_energised(&self) -> bool {
+        let sim = self.sim();
+        sim.devices()
+            .iter()
+            .any(|d| sim.state(d).is_some_and(|s| s.any_energised()))
+    }
+
+    /// Polls until no simulated device delivers; the wall time it took from `since`.
+    async fn all_off(&self, since: Instant, within: Duration) -> Duration {
+        let deadline = Instant::now() + within + WAIT;
+        while self.any_energised() {
+            assert!(Instant::now() < deadline, "devices still delivering");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        since.elapsed()
+    }
+
+    /// Stops the controller and the simulator, and checks the audit log verifies.
+    async fn finish(mut self) -> (PathBuf, tempfile::TempDir) {
+        self.ctl_cancel.cancel();
+        if let Some(c) = self.ctl.take() {
+            tokio::time::timeout(WAIT, c.join())
+                .await
+                .expect("controller stops")
+                .expect("controller stops cleanly");
+        }
+        self.sim_cancel.cancel();
+        if let Some(s) = self.sim.take() {
+            tokio::time::timeout(WAIT, s.join())
+                .await
+                .expect("sim stops");
+        }
+        self.watch_cancel.cancel();
+        let dir = self.audit_dir();
+        let report = modalis_audit::verify(&dir).expect("audit log readable");
+        assert!(report.is_ok(), "{report}");
+        drop(self.broker);
+        (dir, self.dir)
+    }
+}
+
+async fn start_controller(
+    broker: &TestBroker,
+    topics: &Topics,
+    dir: &Path,
+    speed: u32,
+    devices: Vec<String>,
+    cancel: &CancellationToken,
+) -> ControllerHandle {
+    let bus = broker.config("unused", topics, CONTROLLER_USER);
+    let mut cfg = ControllerConfig::new(
+        topics.controller(),
+        bus,
+        dir.join("audit"),
+        RuntimeConfig::for_tests(&dir.join("cache")),
+        modalis::runner::bundled_plugins(),
+    );
+    cfg.speed = speed;
+    cfg.devices = devices;
+    Controller::start(cfg, cancel.clone())
+        .await
+        .expect("controller starts")
+}
+
+fn audit_events(dir: &Path) -> Vec<modalis_audit::Record> {
+    let r = AuditReader::open(dir).expect("audit log opens");
+    r.records().map(|x| x.expect("record reads")).collect()
+}
+
+fn is_stop_for(s: &Seen, device: &str, channel: &str) -> bool {
+    matches!(&s.message, Inbound::Command(c)
+        if c.device == device && c.channel == channel && matches!(c.action, CommandAction::Stop { .. }))
+}
+
+async fn demo_protocol(broker: TestBroker) {
+    let rig = Rig::start(broker, "e2e-demo", None, 300, BTreeMap::new()).await;
+    let p = rig.run().await;
+    assert_eq!(p.blocks.len(), 4, "four enabled blocks: {:?}", p.blocks);
+    let snap = rig
+        .ctl()
+        .wait_ended(&p.session, Duration::from_secs(60))
+        .await
+        .expect("snapshot");
+    assert_eq!(snap.state, SessionState::Completed, "{snap:?}");
+    assert_eq!(snap.emitted, snap.steps);
+    assert_eq!(snap.counters.refused, 0, "{snap:?}");
+    assert_eq!(
+        snap.counters.alarms, 0,
+        "a clean simulated run raises no alarm: {snap:?}"
+    );
+    assert!(snap.energised.is_empty());
+
+    // A dashboard that subscribes now still gets the retained state and session status.
+    let late_cancel = CancellationToken::new();
+    let late = Watcher::start(&rig.broker, &rig.topics, "late-watcher", &late_cancel).await;
+    let state = late
+        .wait_for("retained online state", |s| {
+            s.retained && matches!(&s.message, Inbound::State(st) if st.state == Presence::Online)
+        })
+        .await;
+    assert!(state.retained);
+    late.wait_for("retained completed status", |s| {
+        s.retained
+            && matches!(&s.message, Inbound::SessionStatus(st)
+                if st.session == p.session && st.state == SessionState::Completed && st.progress_percent >= 100.0)
+    })
+    .await;
+    late.wait_for("retained dose report", |s| {
+        s.retained && matches!(&s.message, Inbound::DoseReport(d) if d.session == p.session)
+    })
+    .await;
+    late_cancel.cancel();
+
+    // The live watcher saw commands with leases, acks, telemetry of every kind and the
+    // status going through the states.
+    let seen = rig.watcher.all();
+    let count = |f: &dyn Fn(&Inbound) -> bool| seen.iter().filter(|s| f(&s.message)).count();
+    // Every step's command (a set, or a stop for an `off` step) names its step.
+    assert!(count(&|m| matches!(m, Inbound::Command(c) if c.step.is_some())) >= snap.steps);
+    assert!(
+        count(
+            &|m| matches!(m, Inbound::Command(c) if matches!(c.action, CommandAction::RenewLease { .. }))
+        ) > 0
+    );
+    assert!(count(&|m| matches!(m, Inbound::Ack(_))) > snap.steps);
+    for kind in ["skin", "optical", "impedance"] {
+        assert!(
+            count(
+                &|m| matches!(m, Inbound::Telemetry(t) if match t.measurement {
+                    Measurement::SkinTempC(_) => kind == "skin",
+                    Measurement::OpticalPowerMw(_) => kind == "optical",
+                    Measurement::ImpedanceOhm(_) => kind == "impedance",
+                })
+            ) > 0,
+            "no {kind} telemetry"
+        );
+    }
+    for st in [
+        SessionState::Checked,
+        SessionState::Armed,
+        SessionState::Running,
+        SessionState::Completed,
+    ] {
+        assert!(
+            count(&|m| matches!(m, Inbound::SessionStatus(s) if s.state == st)) > 0,
+            "no {st} status"
+        );
+    }
+    let (dir, _keep) = rig.finish().await;
+    let recs = audit_events(&dir);
+    let commands = recs
+        .iter()
+        .filter(|r| matches!(r.event, Event::Command { .. }))
+        .count();
+    let acks = recs
+        .iter()
+        .filter(|r| matches!(r.event, Event::CommandAck { .. }))
+        .count();
+    assert!(
+        commands >= snap.steps && acks > 0,
+        "{commands} commands, {acks} acks"
+    );
+    // Write-ahead: every command is in the log before its ack.
+    let first_ack = recs
+        .iter()
+        .position(|r| matches!(r.event, Event::CommandAck { .. }));
+    let first_cmd = recs
+        .iter()
+        .position(|r| matches!(r.event, Event::Command { .. }));
+    assert!(first_cmd < first_ack);
+    assert!(recs.iter().any(
+        |r| matches!(&r.event, Event::SessionEnded { reason } if reason.starts_with("completed"))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_protocol_runs_to_completion_on_rumqttd() {
+    demo_protocol(TestBroker::embedded().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_protocol_runs_to_completion_on_mosquitto() {
+    demo_protocol(TestBroker::mosquitto()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_temperature_stops_that_source_within_one_telemetry_period() {
+    let faults = BTreeMap::from([(
+        "mire-pads".to_string(),
+        Faults {
+            // The pads' 5 W limit holds a normal site near 39 C; a site heating ten times
+            // faster than the device's model overshoots even after the governor halves the
+            // power at the 40 C alarm.
+            overheating_gain: Some(10.0),
+            ..Faults::default()
+        },
+    )]);
+    let rig = Rig::start(
+        TestBroker::embedded().await,
+        "e2e-heat",
+        Some(protocol_text(HEAT)),
+        60,
+        faults,
+    )
+    .await;
+    let p = rig.run().await;
+    // The dpn patient's feet are insensate: cut-off 41 C (clinical-facts.md).
+    let hot = rig
+        .watcher
+        .wait_for("skin temperature over the 41 C cut-off", |s| {
+            matches!(&s.message, Inbound::Telemetry(t)
+                if t.device == "mire-pads" && t.delivering && matches!(t.measurement, Measurement::SkinTempC(c) if c > 41.0))
+        })
+        .await;
+    let Inbound::Telemetry(t) = &hot.message else {
+        unreachable!()
+    };
+    let channel = t.channel.clone();
+    let stop = rig
+        .watcher
+        .wait_for("the stop", |s| {
+            s.at >= hot.at && is_stop_for(s, "mire-pads", &channel)
+        })
+        .await;
+    let period = SimOptions::default().telemetry_period;
+    let took = stop.at.duration_since(hot.at);
+    println!("over-temperature: stop {took:?} after the reading (telemetry period {period:?})");
+    assert!(took < period, "stop came {took:?} after the hot reading");
+    rig.watcher
+        .wait_for("the cut-off alarm", |s| {
+            matches!(&s.message, Inbound::Alarm(a) if a.rule == "run.skin_temp_cutoff" && a.priority == AlarmPriority::High)
+        })
+        .await;
+    // The channel stays off (latched trip): the next readings say not delivering.
+    let mut w = rig.sim().watch("mire-pads").expect("device");
+    tokio::time::timeout(
+        WAIT,
+        w.wait_for(|s| s.channel(&channel).is_some_and(|c| !c.energised)),
+    )
+    .await
+    .expect("the pad stops")
+    .expect("sim running");
+    let alarms: Vec<String> = rig
+        .watcher
+        .all()
+        .iter()
+        .filter_map(|s| match &s.message {
+            Inbound::Alarm(a) => Some(format!("{:?} {} {}", a.priority, a.rule, a.reason)),
+            _ => None,
+        })
+        .collect();
+    // The trip is latched on that channel; the session goes on (and is aborted here).
+    rig.ctl()
+        .abort(&p.session, "test over")
+        .await
+        .unwrap_or_else(|e| panic!("abort: {e}; alarms: {alarms:#?}"));
+    let (dir, _keep) = rig.finish().await;
+    assert!(audit_events(&dir).iter().any(|r| matches!(&r.event, Event::GovernorDecision { rule, .. } if rule == "run.skin_temp_cutoff")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn estop_on_mqtt_stops_every_source_within_100_ms() {
+    let broker = TestBroker::mosquitto();
+    let rig = Rig::start(
+        broker,
+        "e2e-estop",
+        Some(protocol_text(&format!("{HEAT}{TENS}"))),
+        60,
+        BTreeMap::new(),
+    )
+    .await;
+    let p = rig.run().await;
+    rig.energised("mire-pads").await;
+    rig.energised("tens-2ch").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(rig.any_energised());
+    // A panel publishes the e-stop.
+    let panel_cancel = CancellationToken::new();
+    let mut c = rig.broker.config("panel-1", &rig.topics, DEVICE_USER);
+    c.subscriptions = vec![];
+    let panel = Bus::start(c, panel_cancel.clone()).expect("panel");
+    panel
+        .handle
+        .wait_connected(WAIT)
+        .await
+        .expect("panel connects");
+    let input = EstopInput {
+        seq: 1,
+        ts_ms: wall_clock_ms(),
+        panel: "panel-1".into(),
+        reason: "patient reports pain".into(),
+    };
+    let pressed = Instant::now();
+    panel
+        .handle
+        .publish(&rig.topics.estop(), &input, Qos::AtLeastOnce, false)
+        .await
+        .expect("e-stop published");
+    let took = rig.all_off(pressed, Duration::from_millis(100)).await;
+    println!("e-stop: every source off {took:?} after the press");
+    assert!(took <= Duration::from_millis(100), "{took:?}");
+    let snap = rig
+        .ctl()
+        .wait_ended(&p.session, WAIT)
+        .await
+        .expect("snapshot");
+    assert_eq!(snap.state, SessionState::EStopped);
+    // Latched: nothing starts again.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!rig.any_energised());
+    panel_cancel.cancel();
+    let (dir, _keep) = rig.finish().await;
+    assert!(audit_events(&dir).iter().any(|r| matches!(
+        &r.event,
+        Event::OperatorAction {
+            action: modalis_audit::OperatorAction::EStop
+        }
+    ) && matches!(&r.actor, modalis_audit::Actor::Operator { id } if id == "panel-1")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_broker_stops_every_source_within_one_lease_period() {
+    let mut rig = Rig::start(
+        TestBroker::mosquitto(),
+        "e2e-broker",
+        Some(protocol_text(&format!("{HEAT}{TENS}"))),
+        60,
+        BTreeMap::new(),
+    )
+    .await;
+    let p = rig.run().await;
+    rig.energised("mire-pads").await;
+    rig.energised("tens-2ch").await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(rig.any_energised());
+    let killed = Instant::now();
+    rig.broker.mosquitto_mut().kill();
+    let took = rig
+        .all_off(killed, Duration::from_millis(LEASE_PERIOD_MS))
+        .await;
+    println!("broker killed: every source off {took:?} later (lease {LEASE_PERIOD_MS} ms)");
+    assert!(
+        took <= Duration::from_millis(LEASE_PERIOD_MS) + SLACK,
+        "{took:?}"
+    );
+    // The controller noticed and paused: nothing resumes by itself when the broker returns.
+    let mut paused = false;
+    for _ in 0..200 {
+        if rig
+            .ctl()
+            .snapshot(&p.session)
+            .await
+            .expect("snapshot")
+            .state
+            == SessionState::Paused
+        {
+            paused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(paused, "the session pauses when the broker is lost");
+    rig.broker.mosquitto_mut().restart();
+    assert!(rig.sim().wait_connected(WAIT).await);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(!rig.any_energised(), "nothing restarts without an operator");
+    // An operator resumes; output comes back.
+    rig.ctl()
+        .resume(&p.session, "tester")
+        .await
+        .expect("resumes");
+    rig.energised("mire-pads").await;
+    rig.ctl()
+        .abort(&p.session, "test over")
+        .await
+        .expect("abort");
+    rig.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_controller_stops_every_source_within_one_lease_period() {
+    // The controller is the real binary, killed with SIGKILL: no goodbye, no final stops.
+    let broker = TestBroker::mosquitto();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("protocol.toml");
+    let text = protocol_text(&format!("{HEAT}{TENS}"));
+    std::fs::write(&file, &text).expect("written");
+    let protocol = Protocol::load(&file).expect("loads");
+    let topics = Topics::new(modalis::DEFAULT_CONTROLLER_ID).expect("id");
+    let watch_cancel = CancellationToken::new();
+    let watcher = Watcher::start(&broker, &topics, "watcher", &watch_cancel).await;
+    let sim_cancel = CancellationToken::new();
+    let mut sim_cfg = broker.config("sim", &topics, DEVICE_USER);
+    sim_cfg.client_id = "kill-sim".into();
+    let sim = Simulator::spawn(
+        sim_cfg,
+        protocol.devices.values().cloned().collect(),
+        SimOptions::default(),
+        sim_cancel.clone(),
+    )
+    .expect("sim");
+    assert!(sim.wait_connected(WAIT).await);
+    let TestBroker::Mosquitto(m) = &broker else {
+        unreachable!()
+    };
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_modalis"))
+        .arg("--cache-dir")
+        .arg(dir.path().join("cache"))
+        .arg("run")
+        .arg(&file)
+        .args(["--broker", &m.url(), "--username", CONTROLLER_USER.0])
+        .env("MODALIS_MQTT_PASSWORD", CONTROLLER_USER.1)
+        .args(["--operator", "tester", "--yes", "--audit-dir"])
+        .arg(dir.path().join("audit"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("stderr")).expect("log file"))
+        .spawn()
+        .expect("modalis run starts");
+    let mut w = sim.watch("mire-pads").expect("device");
+    // The `Ref` that `wait_for` returns holds the state's read lock: drop it at once, or
+    // the device task can never publish its state again.
+    let started = tokio::time::timeout(Duration::from_secs(60), w.wait_for(|s| s.any_energised()))
+        .await
+        .map(|r| r.is_ok());
+    if started != Ok(true) {
+        let _ = child.kill();
+        let log = std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();
+        panic!("the controller never started the heat pads; its stderr:\n{log}");
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    eprintln!("killing the controller process");
+    let killed = Instant::now();
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let deadline = killed + Duration::from_millis(LEASE_PERIOD_MS) + SLACK + WAIT;
+    while sim
+        .devices()
+        .iter()
+        .any(|d| sim.state(d).is_some_and(|s| s.any_energised()))
+    {
+        assert!(Instant::now() < deadline, "still delivering");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let took = killed.elapsed();
+    println!("controller killed: every source off {took:?} later (lease {LEASE_PERIOD_MS} ms)");
+    assert!(
+        took <= Duration::from_millis(LEASE_PERIOD_MS) + SLACK,
+        "{took:?}"
+    );
+    // The broker published the controller's last will.
+    watcher
+        .wait_for(
+            "the offline will",
+            |s| matches!(&s.message, Inbound::State(st) if st.state == Presence::Offline),
+        )
+        .await;
+    sim_cancel.cancel();
+    tokio::time::timeout(WAIT, sim.join())
+        .await
+        .expect("the simulator stops");
+    watch_cancel.cancel();
+    // What the killed controller wrote is intact.
+    let report = modalis_audit::verify(&dir.path().join("audit")).expect("readable");
+    assert!(report.is_ok(), "{report}");
+    assert!(report.records > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_ignores_stops_raises_a_high_alarm_and_estops_the_session() {
+    let faults = BTreeMap::from([(
+        "laser-acu-3b".to_string(),
+        Faults {
+            ignore_stop: true,
+            ignore_leases: true,
+            ..Faults::default()
+        },
+    )]);
+    let rig = Rig::start(
+        TestBroker::embedded().await,
+        "e2e-ignore",
+        // TENS after the laser keeps the session live when the laser's last stop is ignored.
+        Some(protocol_text(&format!(
+            "{LASER_ACU}{}",
+            TENS.replace("start = { at_s = 0 }", "start = { after = \"laser-acu\" }")
+        ))),
+        60,
+        faults,
+    )
+    .await;
+    let p = rig.run().await;
+    let alarm = rig
+        .watcher
+        .wait_for("the stop-ignored alarm", |s| {
+            matches!(&s.message, Inbound::Alarm(a) if a.rule == "run.stop_ignored" && a.priority == AlarmPriority::High)
+        })
+        .await;
+    println!("{alarm:?}");
+    let snap = rig
+        .ctl()
+        .wait_ended(&p.session, WAIT)
+        .await
+        .expect("snapshot");
+    assert_eq!(snap.state, SessionState::EStopped, "{snap:?}");
+    let (dir, _keep) = rig.finish().await;
+    assert!(audit_events(&dir).iter().any(
+        |r| matches!(&r.event, Event::GovernorDecision { rule, .. } if rule == "run.stop_ignored")
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_and_unknown_device_messages_are_rejected_counted_and_audited() {
+    let rig = Rig::start(
+        TestBroker::embedded().await,
+        "e2e-bad",
+        Some(protocol_text(TENS)),
+        60,
+        BTreeMap::new(),
+    )
+    .await;
+    let p = rig.run().await;
+    rig.energised("tens-2ch").await;
+    let cancel = CancellationToken::new();
+    let mut c: BusConfig = rig.broker.config("intruder", &rig.topics, DEVICE_USER);
+    c.subscriptions = vec![];
+    let bus = Bus::start(c, cancel.clone()).expect("bus");
+    bus.handle.wait_connected(WAIT).await.expect("connects");
+    let tele = rig.topics.device_telemetry("tens-2ch").expect("topic");
+    let raw = |topic: &str, body: &str| modalis::bus::OutboundMessage {
+        topic: topic.to_string(),
+        payload: body.as_bytes().to_vec(),
+        qos: Qos::AtLeastOnce,
+        retain: false,
+    };
+    bus.handle
+        .publish_message(raw(&tele, "{not json"))
+        .await
+        .expect("sent");
+    bus.handle
+        .publish_message(raw(&tele, r#"{"seq":1,"ts_ms":1,"device":"tens-2ch","channel":"ch1","measurement":{"kind":"impedance_ohm","value":"low"},"delivering":true,"lease_id":null}"#))
+        .await
+        .expect("sent");
+    let ghost = rig.topics.device_telemetry("ghost").expect("topic");
+    bus.handle
+        .publish_message(raw(&ghost, r#"{"seq":1,"ts_ms":1,"device":"ghost","channel":"ch1","measurement":{"kind":"impedance_ohm","value":500},"delivering":false,"lease_id":null}"#))
+        .await
+        .expect("sent");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let st = rig.ctl().stats().await.expect("stats");
+        if st.rejected_inbound >= 2 && st.unknown_device >= 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not counted: {st:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The session was not disturbed by any of it.
+    let snap = rig.ctl().snapshot(&p.session).await.expect("snapshot");
+    assert_eq!(snap.state, SessionState::Running, "{snap:?}");
+    assert_eq!(snap.counters.alarms, 0);
+    rig.ctl()
+        .abort(&p.session, "test over")
+        .await
+        .expect("abort");
+    cancel.cancel();
+    let (dir, _keep) = rig.finish().await;
+    let recs = audit_events(&dir);
+    let codes: Vec<&str> = recs
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::Alarm { code, .. } => Some(code.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        codes
+            .iter()
+            .filter(|c| **c == "mqtt.invalid_payload")
+            .count()
+            >= 2,
+        "{codes:?}"
+    );
+    assert!(codes.contains(&"mqtt.unknown_device"), "{codes:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn illegal_transitions_are_refused_with_a_reason_and_pause_resume_holds_the_clock() {
+    let rig = Rig::start(
+        TestBroker::embedded().await,
+        "e2e-seq",
+        Some(protocol_text(TENS)),
+        60,
+        BTreeMap::new(),
+    )
+    .await;
+    let p = rig
+        .ctl()
+        .prepare(rig.protocol.clone(), &rig.text, Some("s1".into()))
+        .await
+        .expect("prepares");
+    let e = rig
+        .ctl()
+        .start("s1", "tester")
+        .await
+        .expect_err("not armed");
+    assert!(e.to_string().contains("arm"), "{e}");
+    assert!(rig.ctl().resume("s1", "tester").await.is_err());
+    let e = rig
+        .ctl()
+        .prepare(rig.protocol.clone(), &rig.text, None)
+        .await
+        .expect_err("devices in use");
+    assert!(e.to_string().contains("in use by session \"s1\""), "{e}");
+    rig.ctl().arm("s1", "tester").await.expect("arms");
+    rig.ctl().start("s1", "tester").await.expect("starts");
+    rig.energised("tens-2ch").await;
+    rig.ctl()
+        .pause("s1", "patient asks for a break")
+        .await
+        .expect("pauses");
+    let held = rig.ctl().snapshot("s1").await.expect("snapshot");
+    assert_eq!(held.state, SessionState::Paused);
+    let off = rig
+        .all_off(Instant::now(), Duration::from_millis(100))
+        .await;
+    assert!(off < Duration::from_secs(1), "{off:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let later = rig.ctl().snapshot("s1").await.expect("snapshot");
+    assert_eq!(
+        later.elapsed_ms, held.elapsed_ms,
+        "the session clock holds while paused"
+    );
+    rig.ctl().resume("s1", "tester").await.expect("resumes");
+    rig.energised("tens-2ch").await;
+    rig.ctl().abort("s1", "done").await.expect("aborts");
+    assert!(
+        rig.ctl().resume("s1", "tester").await.is_err(),
+        "ended for good"
+    );
+    let _ = p;
+    rig.finish().await;
+}
