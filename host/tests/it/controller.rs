@@ -656,9 +656,10 @@ async fn killing_the_broker_stops_every_source_within_one_lease_period() {
     rig.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killing_the_controller_stops_every_source_within_one_lease_period() {
-    // The controller is the real binary, killed with SIGKILL: no goodbye, no final stops.
+/// Runs the real `modalis run` binary against simulated devices, stops it with `signal` once
+/// the heat pads deliver, and returns how long until every source was off, with the audit
+/// log's directory.
+async fn controller_process(signal: &str) -> (Duration, tempfile::TempDir, Watcher) {
     let broker = TestBroker::mosquitto();
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("protocol.toml");
@@ -707,10 +708,21 @@ async fn killing_the_controller_stops_every_source_within_one_lease_period() {
         panic!("the controller never started the heat pads; its stderr:\n{log}");
     }
     tokio::time::sleep(Duration::from_millis(700)).await;
-    eprintln!("killing the controller process");
     let killed = Instant::now();
-    child.kill().expect("SIGKILL");
-    let _ = child.wait();
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(child.id().to_string())
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let exit_deadline = Instant::now() + WAIT;
+    while child.try_wait().expect("child status").is_none() {
+        assert!(
+            Instant::now() < exit_deadline,
+            "modalis run did not exit on SIG{signal}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let deadline = killed + Duration::from_millis(LEASE_PERIOD_MS) + SLACK + WAIT;
     while sim
         .devices()
@@ -721,15 +733,13 @@ async fn killing_the_controller_stops_every_source_within_one_lease_period() {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let took = killed.elapsed();
-    println!("controller killed: every source off {took:?} later (lease {LEASE_PERIOD_MS} ms)");
-    assert!(
-        took <= Duration::from_millis(LEASE_PERIOD_MS) + SLACK,
-        "{took:?}"
+    println!(
+        "controller SIG{signal}: every source off {took:?} later (lease {LEASE_PERIOD_MS} ms)"
     );
-    // The broker published the controller's last will.
+    // Offline: the last will after a kill, the controller's own message after a SIGTERM.
     watcher
         .wait_for(
-            "the offline will",
+            "the offline state",
             |s| matches!(&s.message, Inbound::State(st) if st.state == Presence::Offline),
         )
         .await;
@@ -738,10 +748,43 @@ async fn killing_the_controller_stops_every_source_within_one_lease_period() {
         .await
         .expect("the simulator stops");
     watch_cancel.cancel();
-    // What the killed controller wrote is intact.
+    // What the controller wrote is intact.
     let report = modalis_audit::verify(&dir.path().join("audit")).expect("readable");
     assert!(report.is_ok(), "{report}");
     assert!(report.records > 0);
+    (took, dir, watcher)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_controller_stops_every_source_within_one_lease_period() {
+    // SIGKILL: no goodbye, no final stops; only the leases stop the devices.
+    let (took, _dir, _w) = controller_process("KILL").await;
+    assert!(
+        took <= Duration::from_millis(LEASE_PERIOD_MS) + SLACK,
+        "{took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_every_source_before_the_controller_exits() {
+    let (took, dir, _w) = controller_process("TERM").await;
+    // The controller's own stops, not the leases: far sooner than a lease period.
+    assert!(
+        took < Duration::from_millis(LEASE_PERIOD_MS / 2),
+        "{took:?}"
+    );
+    let recs = audit_events(&dir.path().join("audit"));
+    assert!(recs.iter().any(|r| matches!(&r.event, Event::SessionEnded { reason } if reason.contains("controller stopping"))));
+    assert!(matches!(
+        recs.last().map(|r| &r.event),
+        Some(Event::ControllerStop { .. })
+    ));
+    let report = modalis_audit::verify(&dir.path().join("audit")).expect("readable");
+    assert_eq!(
+        report.confirmed(),
+        report.records,
+        "closed with a final checkpoint: {report}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -113,6 +113,7 @@ fn a_batch_is_written_in_order_and_an_oversized_member_alone_is_refused() {
     log.close().expect("close");
     let reader = AuditReader::open(dir.path()).expect("open");
     let events: Vec<_> = reader.records().map(|r| r.expect("record").event).collect();
+    drop(reader);
     assert_eq!(events, vec![entry(0).event, entry(1).event, entry(2).event]);
     assert!(report(dir.path()).is_ok());
 }
