@@ -476,6 +476,7 @@ async fn run(timer: Dist, audit_floor: Dist) -> anyhow::Result<()> {
         .flat_map(|(p, _)| p.devices.values().cloned())
         .collect();
     let devices = profiles.len();
+    let device_ids: Vec<String> = profiles.iter().map(|p| p.id.clone()).collect();
     let sim_options = SimOptions {
         // The skin's thermal time constant is compressed with the session (as `modalis demo`).
         thermal_time_constant: Duration::from_secs(20) / SPEED,
@@ -496,6 +497,8 @@ async fn run(timer: Dist, audit_floor: Dist) -> anyhow::Result<()> {
         modalis::runner::bundled_plugins(),
     );
     cfg.speed = SPEED;
+    // The clinic's devices: their telemetry before and after their session is expected.
+    cfg.devices = device_ids;
     let ctl = Controller::start(cfg, ctl_cancel.clone()).await?;
     ensure!(
         sim.wait_connected(Duration::from_secs(20)).await,
@@ -705,9 +708,10 @@ async fn run(timer: Dist, audit_floor: Dist) -> anyhow::Result<()> {
         );
     }
     println!(
-        "  controller counters              rejected inbound {}, unknown device {}, unknown acks {}, publish failures {}, audit failures {}",
+        "  controller counters              rejected inbound {}, unknown device {}, idle device {}, unknown acks {}, publish failures {}, audit failures {}",
         stats.rejected_inbound,
         stats.unknown_device,
+        stats.idle_device,
         stats.unknown_acks,
         stats.publish_failures,
         stats.audit_failures

@@ -235,6 +235,21 @@ impl AuditLog {
         })
     }
 
+    /// Queues a record for the next group commit and returns at once, as telemetry does:
+    /// for records that document what happened (an ack, an alarm, a decision already acted
+    /// on) rather than gate an action. Order with every other append is kept. It is written
+    /// within [`AuditConfig::telemetry_delay`]; [`AuditLog::flush_pending`] waits for it.
+    ///
+    /// Blocks only when the writer's queue is full (backpressure instead of loss).
+    pub fn append_queued(&self, entry: Entry) -> Result<(), AuditError> {
+        self.send(Msg::Append {
+            entry,
+            wall_ms: now_ms(),
+            mono_ns: self.mono_ns(),
+            done: None,
+        })
+    }
+
     /// Writes and flushes everything queued before this call; returns the number of records
     /// in the log. Fails if queued telemetry could not be written since the last call.
     pub fn flush_pending(&self) -> Result<u64, AuditError> {

@@ -1395,7 +1395,7 @@ impl Core {
         .device(device)
         .outcome(outcome)
         .payload(payload);
-        if let Err(e) = self.audit.append(e) {
+        if let Err(e) = self.audit.append_queued(e) {
             self.stats.audit_failures += 1;
             tracing::error!(error = %e, "audit append failed");
         }
@@ -1444,7 +1444,7 @@ impl Core {
         if let Some(d) = device {
             e = e.device(d);
         }
-        if let Err(err) = self.audit.append(e) {
+        if let Err(err) = self.audit.append_queued(e) {
             self.stats.audit_failures += 1;
             tracing::error!(error = %err, "audit append failed");
         }
@@ -1554,7 +1554,7 @@ impl Core {
             Outcome::Failed
         })
         .payload(serde_json::json!({ "detail": detail }));
-        if self.audit.append(e).is_err() {
+        if self.audit.append_queued(e).is_err() {
             self.stats.audit_failures += 1;
         }
     }
@@ -1582,7 +1582,7 @@ impl Core {
             "detail": detail,
             "rejected_total": self.stats.rejected_inbound + self.stats.unknown_device,
         }));
-        if self.audit.append(e).is_err() {
+        if self.audit.append_queued(e).is_err() {
             self.stats.audit_failures += 1;
         }
     }
@@ -1808,7 +1808,7 @@ impl Core {
         if let Some(s) = &p.session {
             e = e.session(s);
         }
-        if self.audit.append(e).is_err() {
+        if self.audit.append_queued(e).is_err() {
             self.stats.audit_failures += 1;
         }
         if a.outcome == AckOutcome::Accepted || !p.energy {
@@ -2353,9 +2353,20 @@ impl Core {
             if self.audit.append(e).is_err() {
                 self.stats.audit_failures += 1;
             }
-            if let Err(e) = self.audit.checkpoint() {
-                self.stats.audit_failures += 1;
-                tracing::error!(error = %e, "audit checkpoint failed");
+            // A checkpoint bounds what a power loss can take; its fsync must not hold up the
+            // other stations' steps, so the controller does not wait for it.
+            let log = self.audit.clone();
+            let spawned = std::thread::Builder::new()
+                .name("audit-checkpoint".into())
+                .spawn(move || {
+                    match log.checkpoint() {
+                        // Closed: the controller is stopping, and closing checkpoints.
+                        Ok(_) | Err(modalis_audit::AuditError::Closed) => {}
+                        Err(e) => tracing::error!(error = %e, "audit checkpoint failed"),
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "could not start the audit checkpoint");
             }
         }
         self.publish_status(id).await;

@@ -119,6 +119,21 @@ fn a_batch_is_written_in_order_and_an_oversized_member_alone_is_refused() {
 }
 
 #[test]
+fn queued_records_keep_their_order_with_write_ahead_ones() {
+    let dir = TempDir::new().expect("tempdir");
+    let log = AuditLog::open_with(dir.path(), "clinic-1", manual_checkpoints()).expect("open");
+    log.append_queued(entry(0)).expect("queued");
+    assert_eq!(log.append(entry(1)).expect("append"), 1);
+    log.append_queued(entry(2)).expect("queued");
+    assert_eq!(log.flush_pending().expect("flush"), 3);
+    log.close().expect("close");
+    let reader = AuditReader::open(dir.path()).expect("open");
+    let events: Vec<_> = reader.records().map(|r| r.expect("record").event).collect();
+    drop(reader);
+    assert_eq!(events, vec![entry(0).event, entry(1).event, entry(2).event]);
+}
+
+#[test]
 fn an_oversized_record_is_refused_and_takes_no_number() {
     let dir = TempDir::new().expect("tempdir");
     let log = AuditLog::open(dir.path(), "clinic-1").expect("open");
