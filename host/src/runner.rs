@@ -269,18 +269,18 @@ async fn drive(
                         AlarmPriority::Medium => "alarm (medium)",
                         AlarmPriority::Low => "note",
                     };
-                    let _ = mp.println(format!("{tag} {}: {}", a.rule, a.reason));
+                    say(&mp, format!("{tag} {}: {}", a.rule, a.reason));
                 }
                 Ok(ControllerEvent::Broker { connected }) => {
-                    let _ = mp.println(if connected { "broker connected" } else { "broker connection LOST: sessions pause; devices stop within one lease period" });
+                    say(&mp, if connected { "broker connected".into() } else { "broker connection LOST: sessions pause; devices stop within one lease period".into() });
                 }
                 Ok(ControllerEvent::State { session, state, reason }) if session == id => {
-                    let _ = mp.println(format!("session {id}: {state}{}", reason.map(|r| format!(" ({r})")).unwrap_or_default()));
+                    say(&mp, format!("session {id}: {state}{}", reason.map(|r| format!(" ({r})")).unwrap_or_default()));
                     if state.is_final() {
                         break;
                     }
                     if state == SessionState::Paused {
-                        let _ = mp.println("paused: a resume needs an operator (press Ctrl-C to stop)");
+                        say(&mp, "paused: a resume needs an operator (press Ctrl-C to stop)".into());
                     }
                 }
                 Ok(_) => {}
@@ -300,6 +300,16 @@ async fn drive(
     }
     summary(&prepared, &snap);
     Ok(Some(snap))
+}
+
+/// A line above the progress bars, or on stdout when they are not drawn (not a terminal):
+/// an alarm must never be lost because nobody is looking at the bars.
+fn say(mp: &MultiProgress, line: String) {
+    if mp.is_hidden() {
+        println!("{line}");
+    } else {
+        let _ = mp.println(line);
+    }
 }
 
 fn confirm(p: &Prepared) -> anyhow::Result<bool> {
