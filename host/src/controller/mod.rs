@@ -341,6 +341,16 @@ pub enum ControllerEvent {
     },
 }
 
+/// An operator's act on one session.
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Arm,
+    Start,
+    Pause,
+    Resume,
+    Abort,
+}
+
 enum Request {
     Prepare {
         protocol: Box<Protocol>,
@@ -348,29 +358,11 @@ enum Request {
         session: Option<String>,
         reply: oneshot::Sender<Result<Prepared, ControllerError>>,
     },
-    Arm {
+    Session {
+        op: Op,
         session: String,
-        operator: String,
-        reply: oneshot::Sender<Result<(), ControllerError>>,
-    },
-    Start {
-        session: String,
-        operator: String,
-        reply: oneshot::Sender<Result<(), ControllerError>>,
-    },
-    Pause {
-        session: String,
-        reason: String,
-        reply: oneshot::Sender<Result<(), ControllerError>>,
-    },
-    Resume {
-        session: String,
-        operator: String,
-        reply: oneshot::Sender<Result<(), ControllerError>>,
-    },
-    Abort {
-        session: String,
-        reason: String,
+        /// The operator, or the reason for a pause or an abort.
+        who: String,
         reply: oneshot::Sender<Result<(), ControllerError>>,
     },
     Estop {
@@ -510,61 +502,42 @@ impl ControllerHandle {
         .await?
     }
 
+    async fn session_op(&self, op: Op, session: &str, who: &str) -> Result<(), ControllerError> {
+        let (session, who) = (session.to_string(), who.to_string());
+        self.ask(|reply| Request::Session {
+            op,
+            session,
+            who,
+            reply,
+        })
+        .await?
+    }
+
     /// An operator arms a checked session after reading the dose report, confirming the
     /// laser interlocks (key switch, door, emission indicator) and eyewear for every laser
     /// device of the session.
     pub async fn arm(&self, session: &str, operator: &str) -> Result<(), ControllerError> {
-        let (session, operator) = (session.to_string(), operator.to_string());
-        self.ask(|reply| Request::Arm {
-            session,
-            operator,
-            reply,
-        })
-        .await?
+        self.session_op(Op::Arm, session, operator).await
     }
 
     /// An operator starts an armed session: its clock starts and steps go out on time.
     pub async fn start(&self, session: &str, operator: &str) -> Result<(), ControllerError> {
-        let (session, operator) = (session.to_string(), operator.to_string());
-        self.ask(|reply| Request::Start {
-            session,
-            operator,
-            reply,
-        })
-        .await?
+        self.session_op(Op::Start, session, operator).await
     }
 
     /// Pauses a running session: every source stops, its clock holds.
     pub async fn pause(&self, session: &str, reason: &str) -> Result<(), ControllerError> {
-        let (session, reason) = (session.to_string(), reason.to_string());
-        self.ask(|reply| Request::Pause {
-            session,
-            reason,
-            reply,
-        })
-        .await?
+        self.session_op(Op::Pause, session, reason).await
     }
 
     /// An operator resumes a paused session where it stopped.
     pub async fn resume(&self, session: &str, operator: &str) -> Result<(), ControllerError> {
-        let (session, operator) = (session.to_string(), operator.to_string());
-        self.ask(|reply| Request::Resume {
-            session,
-            operator,
-            reply,
-        })
-        .await?
+        self.session_op(Op::Resume, session, operator).await
     }
 
     /// Aborts a session: every source stops, for good.
     pub async fn abort(&self, session: &str, reason: &str) -> Result<(), ControllerError> {
-        let (session, reason) = (session.to_string(), reason.to_string());
-        self.ask(|reply| Request::Abort {
-            session,
-            reason,
-            reply,
-        })
-        .await?
+        self.session_op(Op::Abort, session, reason).await
     }
 
     /// Emergency stop of every session, as the MQTT e-stop input does.
@@ -1868,79 +1841,19 @@ impl Core {
                     .await;
                 let _ = reply.send(r);
             }
-            Request::Arm {
+            Request::Session {
+                op,
                 session,
-                operator,
+                who,
                 reply,
             } => {
-                let r = self.arm(&session, &operator).await;
-                let _ = reply.send(r);
-            }
-            Request::Start {
-                session,
-                operator,
-                reply,
-            } => {
-                let r = self.start(&session, &operator).await;
-                let _ = reply.send(r);
-            }
-            Request::Pause {
-                session,
-                reason,
-                reply,
-            } => {
-                let r = match self.stations.get(&session) {
-                    None => Err(ControllerError::UnknownSession(session.clone())),
-                    Some(s) => machine::next(
-                        s.state,
-                        &SessionEvent::Pause {
-                            reason: reason.clone(),
-                        },
-                    )
-                    .map(|_| ())
-                    .map_err(ControllerError::from),
+                let r = match op {
+                    Op::Arm => self.arm(&session, &who).await,
+                    Op::Start => self.start(&session, &who).await,
+                    Op::Resume => self.resume(&session, &who).await,
+                    Op::Pause => self.pause_request(&session, &who).await,
+                    Op::Abort => self.abort(&session, &who).await,
                 };
-                if r.is_ok() {
-                    self.pause(&session, &reason).await;
-                }
-                let _ = reply.send(r);
-            }
-            Request::Resume {
-                session,
-                operator,
-                reply,
-            } => {
-                let r = self.resume(&session, &operator).await;
-                let _ = reply.send(r);
-            }
-            Request::Abort {
-                session,
-                reason,
-                reply,
-            } => {
-                let r = match self.stations.get(&session) {
-                    None => Err(ControllerError::UnknownSession(session.clone())),
-                    Some(s) => machine::next(
-                        s.state,
-                        &SessionEvent::Abort {
-                            reason: reason.clone(),
-                        },
-                    )
-                    .map(|_| ())
-                    .map_err(ControllerError::from),
-                };
-                if r.is_ok() {
-                    self.operator_action(&session, "operator", OperatorAction::Abort, &reason);
-                    self.stop_all(&session, &format!("aborted: {reason}")).await;
-                    self.transition(
-                        &session,
-                        SessionEvent::Abort {
-                            reason: reason.clone(),
-                        },
-                        Some(reason),
-                    )
-                    .await;
-                }
                 let _ = reply.send(r);
             }
             Request::Estop {
@@ -2116,14 +2029,10 @@ impl Core {
     }
 
     async fn start(&mut self, id: &str, operator: &str) -> Result<(), ControllerError> {
-        let s = self
-            .stations
-            .get_mut(id)
-            .ok_or_else(|| ControllerError::UnknownSession(id.to_string()))?;
         let ev = SessionEvent::Start {
             operator: operator.to_string(),
         };
-        machine::next(s.state, &ev)?;
+        self.legal(id, &ev)?;
         self.operator_action(id, operator, OperatorAction::Start, "start");
         let now = Instant::now();
         if let Some(s) = self.stations.get_mut(id) {
@@ -2138,14 +2047,10 @@ impl Core {
     }
 
     async fn resume(&mut self, id: &str, operator: &str) -> Result<(), ControllerError> {
-        let s = self
-            .stations
-            .get_mut(id)
-            .ok_or_else(|| ControllerError::UnknownSession(id.to_string()))?;
         let ev = SessionEvent::Resume {
             operator: operator.to_string(),
         };
-        machine::next(s.state, &ev)?;
+        self.legal(id, &ev)?;
         self.operator_action(id, operator, OperatorAction::Resume, "resume");
         let now = Instant::now();
         let Some(s) = self.stations.get_mut(id) else {
@@ -2168,6 +2073,38 @@ impl Core {
             self.emit(id, &st, t, None).await;
         }
         self.run_station(id).await;
+        Ok(())
+    }
+
+    /// Whether `ev` is legal for session `id` now.
+    fn legal(&self, id: &str, ev: &SessionEvent) -> Result<(), ControllerError> {
+        let s = self
+            .stations
+            .get(id)
+            .ok_or_else(|| ControllerError::UnknownSession(id.to_string()))?;
+        machine::next(s.state, ev)?;
+        Ok(())
+    }
+
+    async fn pause_request(&mut self, id: &str, reason: &str) -> Result<(), ControllerError> {
+        self.legal(
+            id,
+            &SessionEvent::Pause {
+                reason: reason.to_string(),
+            },
+        )?;
+        self.pause(id, reason).await;
+        Ok(())
+    }
+
+    async fn abort(&mut self, id: &str, reason: &str) -> Result<(), ControllerError> {
+        let ev = SessionEvent::Abort {
+            reason: reason.to_string(),
+        };
+        self.legal(id, &ev)?;
+        self.operator_action(id, "operator", OperatorAction::Abort, reason);
+        self.stop_all(id, &format!("aborted: {reason}")).await;
+        self.transition(id, ev, Some(reason.to_string())).await;
         Ok(())
     }
 
