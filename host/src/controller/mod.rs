@@ -1368,10 +1368,7 @@ impl Core {
         .device(device)
         .outcome(outcome)
         .payload(payload);
-        if let Err(e) = self.audit.append_queued(e) {
-            self.stats.audit_failures += 1;
-            tracing::error!(error = %e, "audit append failed");
-        }
+        self.note(e);
     }
 
     /// Raises an alarm: audit, MQTT `alarm`, UI event.
@@ -1417,10 +1414,7 @@ impl Core {
         if let Some(d) = device {
             e = e.device(d);
         }
-        if let Err(err) = self.audit.append_queued(e) {
-            self.stats.audit_failures += 1;
-            tracing::error!(error = %err, "audit append failed");
-        }
+        self.note(e);
         if let Some(s) = session.and_then(|id| self.stations.get_mut(id)) {
             s.counters.alarms += 1;
         }
@@ -1527,8 +1521,24 @@ impl Core {
             Outcome::Failed
         })
         .payload(serde_json::json!({ "detail": detail }));
-        if self.audit.append_queued(e).is_err() {
+        self.note(e);
+    }
+
+    /// Records what happened (an ack, an alarm, a decision already acted on): group commit,
+    /// no wait. A failure is counted and logged; it never stops the controller.
+    fn note(&mut self, e: Entry) {
+        if let Err(err) = self.audit.append_queued(e) {
             self.stats.audit_failures += 1;
+            tracing::error!(error = %err, "audit append failed");
+        }
+    }
+
+    /// Records an operator act or a session's end, written before going on. What follows
+    /// does not depend on it (stopping never does), so a failure is counted and logged.
+    fn record(&mut self, e: Entry) {
+        if let Err(err) = self.audit.append(e) {
+            self.stats.audit_failures += 1;
+            tracing::error!(error = %err, "audit append failed");
         }
     }
 
@@ -1555,9 +1565,7 @@ impl Core {
             "detail": detail,
             "rejected_total": self.stats.rejected_inbound + self.stats.unknown_device,
         }));
-        if self.audit.append_queued(e).is_err() {
-            self.stats.audit_failures += 1;
-        }
+        self.note(e);
     }
 
     /// A device of an ended session says it is still delivering. Its session stopped every
@@ -1781,9 +1789,7 @@ impl Core {
         if let Some(s) = &p.session {
             e = e.session(s);
         }
-        if self.audit.append_queued(e).is_err() {
-            self.stats.audit_failures += 1;
-        }
+        self.note(e);
         if a.outcome == AckOutcome::Accepted || !p.energy {
             return;
         }
@@ -2034,16 +2040,21 @@ impl Core {
         };
         self.legal(id, &ev)?;
         self.operator_action(id, operator, OperatorAction::Start, "start");
+        self.run_clock(id);
+        self.transition(id, ev, None).await;
+        // The first steps may be due at once.
+        self.run_station(id).await;
+        Ok(())
+    }
+
+    /// Starts (or resumes) a session's clock now, with its lease renewals and status.
+    fn run_clock(&mut self, id: &str) {
         let now = Instant::now();
         if let Some(s) = self.stations.get_mut(id) {
             s.clock.run(now);
             s.next_renew = Some(now + self.renew_every);
             s.next_status = Some(now);
         }
-        self.transition(id, ev, None).await;
-        // The first steps may be due at once.
-        self.run_station(id).await;
-        Ok(())
     }
 
     async fn resume(&mut self, id: &str, operator: &str) -> Result<(), ControllerError> {
@@ -2052,14 +2063,11 @@ impl Core {
         };
         self.legal(id, &ev)?;
         self.operator_action(id, operator, OperatorAction::Resume, "resume");
-        let now = Instant::now();
+        self.run_clock(id);
         let Some(s) = self.stations.get_mut(id) else {
             return Ok(());
         };
-        s.clock.run(now);
-        s.next_renew = Some(now + self.renew_every);
-        s.next_status = Some(now);
-        let t = s.clock.at(now);
+        let t = s.clock.at(Instant::now());
         // The steps that were running when the session paused continue for the rest of
         // their window: the held clock means none of their time was spent.
         let mut again: BTreeMap<(String, String), station::Sched> = BTreeMap::new();
@@ -2164,9 +2172,7 @@ impl Core {
                 },
             )
             .payload(serde_json::json!({"reason": reason, "sessions": []}));
-            if self.audit.append(e).is_err() {
-                self.stats.audit_failures += 1;
-            }
+            self.record(e);
         }
         for id in live {
             self.estop_station(&id, source, reason).await;
@@ -2214,9 +2220,7 @@ impl Core {
         )
         .session(id)
         .payload(serde_json::json!({"reason": reason}));
-        if self.audit.append(e).is_err() {
-            self.stats.audit_failures += 1;
-        }
+        self.record(e);
         self.alarm(
             Some(id),
             None,
@@ -2245,9 +2249,7 @@ impl Core {
         )
         .session(id)
         .payload(serde_json::json!({ "detail": detail }));
-        if self.audit.append(e).is_err() {
-            self.stats.audit_failures += 1;
-        }
+        self.record(e);
     }
 
     /// Moves a session through the state machine, publishes its status and, when it ends,
@@ -2287,9 +2289,7 @@ impl Core {
                 _ => Outcome::Warning,
             })
             .payload(serde_json::json!({"state": state, "counters": counters}));
-            if self.audit.append(e).is_err() {
-                self.stats.audit_failures += 1;
-            }
+            self.record(e);
             // A checkpoint bounds what a power loss can take; its fsync must not hold up the
             // other stations' steps, so the controller does not wait for it.
             let log = self.audit.clone();
