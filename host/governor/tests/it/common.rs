@@ -212,6 +212,8 @@ pub enum Expect {
     Energised(&'static str, &'static str, bool),
     /// Some action carried this rule.
     Action(&'static str),
+    /// No action carried this rule.
+    NoAction(&'static str),
     /// Some alarm had this priority and rule.
     Alarm(AlarmPriority, &'static str),
     /// Every source is off at the end.
@@ -362,6 +364,14 @@ pub fn check(sc: &Scenario) {
                     Action::RenewLease { .. } => *rule == "run.renew",
                 });
                 assert!(found, "{name}: no action by {rule}: {actions:#?}");
+            }
+            Expect::NoAction(rule) => {
+                let found = actions.iter().any(|a| match a {
+                    Action::Stop { rule: r, .. } | Action::Reduce { rule: r, .. } => r == rule,
+                    Action::Alarm(al) => al.rule == *rule,
+                    Action::RenewLease { .. } => *rule == "run.renew",
+                });
+                assert!(!found, "{name}: an action by {rule}: {actions:#?}");
             }
             Expect::Alarm(p, rule) => {
                 let found = actions.iter().any(

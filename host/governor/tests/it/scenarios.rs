@@ -856,6 +856,53 @@ fn scenarios() -> Vec<Scenario> {
             ],
         ),
         run(
+            "a_lease_renewal_is_sent_while_it_extends_the_lease",
+            dpn_patient(),
+            vec![pad("foot_plantar:left", 39.0, 10.0)],
+            vec![
+                Event::Admit {
+                    step: 0,
+                    now_s: 0.0,
+                    setpoint: None,
+                },
+                Event::Telemetry {
+                    device: MIRE_ID,
+                    channel: "pad-1",
+                    at_s: 0.5,
+                    now_s: 0.5,
+                    m: Measurement::SkinTempC(35.0),
+                },
+                Event::Renew { now_s: 0.5 },
+            ],
+            vec![X::Action("run.renew"), X::Energised(MIRE_ID, "pad-1", true)],
+        ),
+        run(
+            // The first lease already runs to the step's end (1.5 s): a renewal would extend
+            // nothing and reach the device as it stops by itself.
+            "no_lease_renewal_when_the_lease_already_runs_to_the_step_end",
+            dpn_patient(),
+            vec![pad("foot_plantar:left", 39.0, 1.5)],
+            vec![
+                Event::Admit {
+                    step: 0,
+                    now_s: 0.0,
+                    setpoint: None,
+                },
+                Event::Telemetry {
+                    device: MIRE_ID,
+                    channel: "pad-1",
+                    at_s: 0.5,
+                    now_s: 0.5,
+                    m: Measurement::SkinTempC(35.0),
+                },
+                Event::Renew { now_s: 1.0 },
+            ],
+            vec![
+                X::NoAction("run.renew"),
+                X::Energised(MIRE_ID, "pad-1", true),
+            ],
+        ),
+        run(
             "stale_telemetry_trips_the_watchdog",
             dpn_patient(),
             vec![pad("foot_plantar:left", 39.0, 1800.0)],
