@@ -226,14 +226,106 @@ impl fmt::Display for DoseReport {
             writeln!(f, "  protocol: {p}")?;
         }
         for s in &self.sites {
-            for x in &s.findings {
+            for (x, steps) in group_findings(&s.findings) {
                 writeln!(
                     f,
                     "  {} {} [{}] {}: {} (source: {})",
-                    s.site, x.step, x.verdict, x.rule, x.reason, x.source
+                    s.site, steps, x.verdict, x.rule, x.reason, x.source
                 )?;
             }
         }
         Ok(())
+    }
+}
+
+/// Findings that say the same thing (rule, verdict, reason, source) about several steps at one
+/// site, printed once with the steps listed: a 30-step heat block otherwise repeats one
+/// precaution override 30 times and buries the findings a clinician must read.
+fn group_findings(findings: &[ReportFinding]) -> Vec<(&ReportFinding, String)> {
+    let mut groups: Vec<(&ReportFinding, Vec<&StepRef>)> = Vec::new();
+    for x in findings {
+        match groups.iter_mut().find(|(g, _)| {
+            g.rule == x.rule
+                && g.verdict == x.verdict
+                && g.reason == x.reason
+                && g.source == x.source
+        }) {
+            Some((_, steps)) => steps.push(&x.step),
+            None => groups.push((x, vec![&x.step])),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(x, steps)| (x, step_ranges(&steps)))
+        .collect()
+}
+
+/// `heat#0-6, lllt#1, lllt#3` from step references: runs of consecutive indices in one block
+/// become a range.
+fn step_ranges(steps: &[&StepRef]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < steps.len() {
+        let first = steps[i];
+        let mut last = first;
+        while let Some(next) = steps.get(i + 1) {
+            if next.block_id == last.block_id && next.step_index == last.step_index + 1 {
+                last = next;
+                i += 1;
+            } else {
+                break;
+            }
+        }
+        out.push(if last.step_index == first.step_index {
+            first.to_string()
+        } else {
+            format!("{first}-{}", last.step_index)
+        });
+        i += 1;
+    }
+    out.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finding(block: &str, index: usize, rule: &'static str) -> ReportFinding {
+        ReportFinding {
+            step: StepRef {
+                block_id: block.to_string(),
+                step_index: index,
+            },
+            rule,
+            verdict: Verdict::AllowWithWarning,
+            reason: "same words".to_string(),
+            source: "clinical-facts.md",
+        }
+    }
+
+    #[test]
+    fn repeated_findings_print_once_with_their_steps_as_ranges() {
+        let findings = vec![
+            finding("heat", 0, "precaution.override"),
+            finding("heat", 1, "precaution.override"),
+            finding("heat", 2, "precaution.override"),
+            finding("lllt", 1, "optical.dose_window"),
+            finding("lllt", 1, "precaution.override"),
+            finding("lllt", 3, "precaution.override"),
+        ];
+        let grouped: Vec<(&'static str, String)> = group_findings(&findings)
+            .into_iter()
+            .map(|(x, steps)| (x.rule, steps))
+            .collect();
+        assert_eq!(
+            grouped,
+            vec![
+                (
+                    "precaution.override",
+                    "heat#0-2, lllt#1, lllt#3".to_string()
+                ),
+                ("optical.dose_window", "lllt#1".to_string()),
+            ]
+        );
     }
 }
