@@ -1,6 +1,7 @@
 //! `modalis`: the controller's command line. Reads as a start-up script: parse, set up
 //! logging, run the command, map the outcome to an exit code.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -13,6 +14,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "warn,modalis=info,modalis::sim=warn,rumqttd=off".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only on a terminal: CI logs and files captured by tests stay readable.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match modalis::cli::run(cli) {
         Ok(code) => code,

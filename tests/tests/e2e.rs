@@ -41,16 +41,20 @@ fn the_readme_main_command_runs_the_example_protocol_to_completion() {
         .output()
         .expect("run modalis demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let check = |ok: bool, what: &str| {
+        if !ok {
+            fail(what, &stdout, &stderr);
+        }
+    };
+    check(
         out.status.success(),
-        "modalis demo failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        &format!("modalis demo exited with {}", out.status),
     );
     for a in modalis_plugin_artifacts::FIRST_PARTY {
-        assert!(
+        check(
             stdout.contains(&format!("{:<20} passed every conformance check", a.package)),
-            "{} checked:\n{stdout}",
-            a.package
+            &format!("{} was not checked", a.package),
         );
     }
     for needle in [
@@ -61,12 +65,40 @@ fn the_readme_main_command_runs_the_example_protocol_to_completion() {
         "alarms       0",
         "records:",
     ] {
-        assert!(stdout.contains(needle), "no {needle:?} in:\n{stdout}");
+        check(
+            stdout.contains(needle),
+            &format!("no {needle:?} in the output"),
+        );
     }
-    assert!(
+    check(
         stdout.trim_end().ends_with("OK"),
-        "audit log verified:\n{stdout}"
+        "the audit log was not verified OK",
     );
     let report = modalis_audit::verify(&dir.path().join("audit")).expect("audit log readable");
     assert!(report.is_ok(), "{report}");
+}
+
+/// Fails with what went wrong and the end of both streams (where a run says why it stopped),
+/// and keeps the whole output in a file: CI shows only part of a long panic message.
+fn fail(what: &str, stdout: &str, stderr: &str) -> ! {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let saved = dir.join("e2e-demo-output.txt");
+    let kept = std::fs::write(
+        &saved,
+        format!("--- stdout\n{stdout}\n--- stderr\n{stderr}"),
+    )
+    .map_or_else(
+        |e| format!("(could not save the output: {e})"),
+        |()| format!("whole output in {}", saved.display()),
+    );
+    panic!(
+        "{what}; {kept}\n--- last lines of stdout\n{}\n--- last lines of stderr\n{}",
+        tail(stdout, 30),
+        tail(stderr, 40)
+    );
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
