@@ -10,8 +10,9 @@
 //! configuration binds 0.0.0.0), on a port the OS picked, speaking MQTT v5; rumqttd's HTTP
 //! console (port 3030 in its samples), Prometheus exporter, bridge and cluster are off.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
@@ -62,7 +63,11 @@ impl EmbeddedBroker {
         for attempt in 1..=ATTEMPTS {
             let addr = free_port()?;
             let thread = spawn(addr)?;
-            match wait_listening(addr, &thread).await {
+            let ready = match wait_listening(addr, &thread).await {
+                Ok(()) => still_ours(&thread).await,
+                Err(waited) => Err(waited),
+            };
+            match ready {
                 Ok(()) => {
                     tracing::info!(%addr, "embedded MQTT broker listening (127.0.0.1 only, no ACL)");
                     return Ok(EmbeddedBroker { addr });
@@ -119,9 +124,46 @@ impl EmbeddedBroker {
     }
 }
 
-fn free_port() -> Result<SocketAddr, BrokerError> {
-    let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(BrokerError::NoPort)?;
-    l.local_addr().map_err(BrokerError::NoPort)
+/// A port the OS calls free that this process has not handed to another broker yet.
+///
+/// The OS may give a just-released port to the next caller. Two brokers started at once in
+/// one process (parallel tests) could then both be told port P: one binds it, the other
+/// fails to, and the second's readiness probe reaches the *first* broker and reports
+/// success. Two tests then share a broker, and clients with the same id knock each other off
+/// (seen as a client that never gets its ConnAck).
+///
+/// Public so that tests starting other brokers (mosquitto) draw from the same pool.
+pub fn free_port() -> Result<SocketAddr, BrokerError> {
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut last = None;
+    for _ in 0..64 {
+        let l =
+            std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(BrokerError::NoPort)?;
+        let addr = l.local_addr().map_err(BrokerError::NoPort)?;
+        // A poisoned lock only means another thread panicked while inserting; the set is
+        // still a valid set of ports.
+        let mut taken = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+        if taken.insert(addr.port()) {
+            return Ok(addr);
+        }
+        last = Some(addr);
+    }
+    // Every port offered was one this process already used: take the last (the OS says it is
+    // free; the bind-failure check in `start` still catches a clash).
+    last.ok_or_else(|| BrokerError::NoPort(std::io::Error::other("no port offered")))
+}
+
+/// The broker that answered the readiness probe is this one only if this one's listener
+/// thread is still running: rumqttd's server thread ends at once when its bind fails, while
+/// another process's listener on the same port would still accept the probe.
+async fn still_ours(thread: &std::thread::JoinHandle<()>) -> Result<(), Duration> {
+    const BIND_SETTLE: Duration = Duration::from_millis(50);
+    tokio::time::sleep(BIND_SETTLE).await;
+    if thread.is_finished() {
+        Err(BIND_SETTLE)
+    } else {
+        Ok(())
+    }
 }
 
 fn config(addr: SocketAddr) -> Config {

@@ -5,7 +5,7 @@
 //! not speed.
 
 use std::io::Write;
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -38,9 +38,10 @@ pub const DEVICE_USER: (&str, &str) = ("device", "device-secret");
 /// A dashboard, which may only read.
 pub const DASHBOARD_USER: (&str, &str) = ("dashboard", "dashboard-secret");
 
+/// From the library's pool, so that a mosquitto and an embedded broker started at once in
+/// this process are never told the same port.
 fn free_port() -> u16 {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("a free port");
-    l.local_addr().expect("local addr").port()
+    modalis::broker::free_port().expect("a free port").port()
 }
 
 impl Mosquitto {
@@ -125,6 +126,16 @@ impl Mosquitto {
                 self.port
             );
             std::thread::sleep(Duration::from_millis(20));
+        }
+        // Whatever answered must be this mosquitto: one that failed to bind exits at once.
+        std::thread::sleep(Duration::from_millis(50));
+        if let Some(c) = self.child.as_mut() {
+            let exited = c.try_wait().ok().flatten();
+            assert!(
+                exited.is_none(),
+                "mosquitto exited ({exited:?}) although something listens on 127.0.0.1:{}",
+                self.port
+            );
         }
     }
 
