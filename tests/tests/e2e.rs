@@ -30,13 +30,15 @@ fn modalis() -> Command {
 #[test]
 fn the_readme_main_command_runs_the_example_protocol_to_completion() {
     let dir = tempfile::tempdir().expect("tempdir");
-    // Faster than the README's default so the test suite stays short; everything else is the
-    // README's command.
+    // The README's command at its own speed (x90, about 40 s). At x600 the 5 s TENS steps
+    // last 8 ms of wall time, and a loaded machine that wakes the scheduler that late makes
+    // the controller rightly refuse the step after its end: an alarm, and a failed test that
+    // says nothing about the product. Only the cache and audit directories are private.
     let out = modalis()
         .arg("--cache-dir")
         .arg(dir.path().join("cache"))
         .arg("demo")
-        .args(["--speed", "600", "--audit-dir"])
+        .args(["--audit-dir"])
         .arg(dir.path().join("audit"))
         .output()
         .expect("run modalis demo");
