@@ -688,10 +688,25 @@ struct Core {
     /// Rejections audited in the current second, and that second: a flood of bad input is
     /// counted in full but audited at a bounded rate.
     reject_window: (u64, u64),
+    /// The last telemetry accepted from each device in a session: (seq, ts_ms).
+    last_telemetry: HashMap<String, (u64, u64)>,
+    /// Session-end checkpoints still being written, joined before the controller ends.
+    checkpoints: Vec<std::thread::JoinHandle<()>>,
 }
 
 /// Most rejected inbound messages audited one by one per second; the rest are counted.
 const REJECTS_AUDITED_PER_S: u64 = 20;
+
+/// How far a device's clock may run ahead of the controller's. Controller and devices share
+/// one machine or one NTP-synchronised network; a stamp further ahead is a wrong clock or a
+/// forged message, and its reading would count as brand new however old it is.
+const MAX_TELEMETRY_AHEAD_MS: u64 = 2_000;
+
+/// How old a reading may be on arrival before it is refused as a replay or a dead clock
+/// rather than judged. Readings up to this age still reach the governor, which treats one
+/// older than its staleness limit (5 s) as unsafe and stops the source: a slow network is a
+/// condition to act on. Older than this, the message says nothing about the patient now.
+const MAX_TELEMETRY_AGE_MS: u64 = 60_000;
 
 impl Core {
     async fn open(
@@ -823,6 +838,8 @@ impl Core {
             stats: ControllerStats::default(),
             known_devices: config.devices.iter().cloned().collect(),
             reject_window: (0, 0),
+            last_telemetry: HashMap::new(),
+            checkpoints: Vec::new(),
         })
     }
 
@@ -1631,6 +1648,78 @@ impl Core {
         );
     }
 
+    /// Refuses (counts and audits) telemetry stamped far from now or older in sequence than
+    /// what the device already sent: a replayed or forged message must not reach the
+    /// governor, where an old "cool skin" reading could stand in for a hot one.
+    ///
+    /// A device that restarts numbers its messages from 1 again (the SDK's and simulator's
+    /// `Sequencer`): seq 1 is accepted and audited as a restart.
+    fn telemetry_in_order(&mut self, t: &DeviceTelemetry) -> bool {
+        let now = wall_clock_ms();
+        let skew = if t.ts_ms > now.saturating_add(MAX_TELEMETRY_AHEAD_MS) {
+            Some(format!(
+                "{} ms ahead of the controller's clock (at most {MAX_TELEMETRY_AHEAD_MS} ms)",
+                t.ts_ms - now
+            ))
+        } else if now.saturating_sub(t.ts_ms) > MAX_TELEMETRY_AGE_MS {
+            Some(format!(
+                "{} ms old on arrival (at most {MAX_TELEMETRY_AGE_MS} ms)",
+                now.saturating_sub(t.ts_ms)
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = skew {
+            self.stats.rejected_inbound += 1;
+            self.audit_rejection(
+                "mqtt.clock_skew",
+                format!(
+                    "telemetry from device {} channel {} (seq {}) stamped {why}: refused",
+                    t.device, t.channel, t.seq
+                ),
+            );
+            return false;
+        }
+        match self.last_telemetry.get(&t.device).copied() {
+            // Seq 1 after a later number is a restart; seq 1 twice is a duplicate.
+            Some((last_seq, _)) if t.seq <= last_seq && !(t.seq == 1 && last_seq > 1) => {
+                self.stats.rejected_inbound += 1;
+                self.audit_rejection(
+                    "mqtt.out_of_sequence",
+                    format!(
+                        "telemetry from device {} channel {} has seq {}, not after {last_seq} already received: a duplicate or a replay, refused",
+                        t.device, t.channel, t.seq
+                    ),
+                );
+                false
+            }
+            last => {
+                if let Some((last_seq, _)) = last
+                    && t.seq <= last_seq
+                {
+                    self.note(
+                        Entry::new(
+                            Actor::Device {
+                                id: t.device.clone(),
+                            },
+                            Event::Alarm {
+                                code: "mqtt.sequence_restart".to_string(),
+                                severity: Severity::Info,
+                            },
+                        )
+                        .device(&t.device)
+                        .payload(serde_json::json!({
+                            "detail": format!("device {} numbers its messages from 1 again (after {last_seq}): it restarted", t.device),
+                        })),
+                    );
+                }
+                self.last_telemetry
+                    .insert(t.device.clone(), (t.seq, t.ts_ms));
+                true
+            }
+        }
+    }
+
     fn owner(&self, device: &str) -> Option<String> {
         self.stations
             .iter()
@@ -1646,6 +1735,9 @@ impl Core {
             self.not_in_session(&t.device, "telemetry");
             return;
         };
+        if !self.telemetry_in_order(&t) {
+            return;
+        }
         let payload = serde_json::to_value(&t).unwrap_or(serde_json::Value::Null);
         if let Err(e) = self.audit.append_telemetry(&t.device, Some(&id), payload) {
             self.stats.audit_failures += 1;
@@ -2302,8 +2394,12 @@ impl Core {
                         Err(e) => tracing::error!(error = %e, "audit checkpoint failed"),
                     }
                 });
-            if let Err(e) = spawned {
-                tracing::error!(error = %e, "could not start the audit checkpoint");
+            match spawned {
+                Ok(t) => {
+                    self.checkpoints.retain(|t| !t.is_finished());
+                    self.checkpoints.push(t);
+                }
+                Err(e) => tracing::error!(error = %e, "could not start the audit checkpoint"),
             }
         }
         self.publish_status(id).await;
@@ -2468,6 +2564,11 @@ impl Core {
         }
         if let Err(e) = self.audit.close() {
             result = Err(format!("audit close: {e}"));
+        }
+        // A checkpoint thread holds a handle on the log, and with it sled's lock on the
+        // directory: the log is released only when they have seen it closed and ended.
+        for t in self.checkpoints.drain(..) {
+            let _ = t.join();
         }
         // Only now does the MQTT connection go (it flushes what is queued first).
         self.bus_cancel.cancel();

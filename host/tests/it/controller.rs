@@ -911,6 +911,93 @@ async fn invalid_and_unknown_device_messages_are_rejected_counted_and_audited() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telemetry_stamped_far_from_now_or_out_of_sequence_is_refused_and_audited() {
+    let rig = Rig::start(
+        TestBroker::embedded().await,
+        "e2e-spoof",
+        Some(protocol_text(TENS)),
+        60,
+        BTreeMap::new(),
+    )
+    .await;
+    let p = rig.run().await;
+    rig.energised("tens-2ch").await;
+    let cancel = CancellationToken::new();
+    let mut c: BusConfig = rig.broker.config("intruder", &rig.topics, DEVICE_USER);
+    c.subscriptions = vec![];
+    let bus = Bus::start(c, cancel.clone()).expect("bus");
+    bus.handle.wait_connected(WAIT).await.expect("connects");
+    let tele = rig.topics.device_telemetry("tens-2ch").expect("topic");
+    // The replayed number must be one the controller has seen the device pass: wait for a
+    // later reading, and give the controller a moment to take it in.
+    rig.watcher
+        .wait_for(
+            "telemetry from tens-2ch past seq 2",
+            |s| matches!(&s.message, Inbound::Telemetry(t) if t.device == "tens-2ch" && t.seq > 2),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let now = modalis::bus::payload::wall_clock_ms();
+    // Valid readings in every field but their stamps: a minute ahead, two minutes old, and a
+    // sequence number the device passed long ago (it has sent acks and telemetry since).
+    for (seq, ts) in [
+        (1_000_000, now + 60_000),
+        (1_000_001, now - 120_000),
+        (2, now),
+    ] {
+        let body = format!(
+            r#"{{"seq":{seq},"ts_ms":{ts},"device":"tens-2ch","channel":"ch1","measurement":{{"kind":"impedance_ohm","value":500}},"delivering":true,"lease_id":null}}"#
+        );
+        bus.handle
+            .publish_message(modalis::bus::OutboundMessage {
+                topic: tele.clone(),
+                payload: body.into_bytes(),
+                qos: Qos::AtLeastOnce,
+                retain: false,
+            })
+            .await
+            .expect("sent");
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let st = rig.ctl().stats().await.expect("stats");
+        if st.rejected_inbound >= 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not refused: {st:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let snap = rig.ctl().snapshot(&p.session).await.expect("snapshot");
+    assert_eq!(snap.state, SessionState::Running, "{snap:?}");
+    assert_eq!(snap.counters.alarms, 0);
+    rig.ctl()
+        .abort(&p.session, "test over")
+        .await
+        .expect("abort");
+    cancel.cancel();
+    let (dir, _keep) = rig.finish().await;
+    let recs = audit_events(&dir);
+    let count = |code: &str| {
+        recs.iter()
+            .filter(|r| matches!(&r.event, Event::Alarm { code: c, .. } if c == code))
+            .count()
+    };
+    assert_eq!(count("mqtt.clock_skew"), 2);
+    assert_eq!(count("mqtt.out_of_sequence"), 1);
+    // None of the three reached the audit log as a reading.
+    let forged = recs
+        .iter()
+        .filter(|r| {
+            r.payload
+                .get("seq")
+                .and_then(serde_json::Value::as_u64)
+                .is_some_and(|s| s >= 1_000_000)
+        })
+        .count();
+    assert_eq!(forged, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn illegal_transitions_are_refused_with_a_reason_and_pause_resume_holds_the_clock() {
     let rig = Rig::start(
         TestBroker::embedded().await,
