@@ -496,6 +496,7 @@ async fn run(timer: Dist, audit_floor: Dist) -> anyhow::Result<()> {
         RuntimeConfig::new(&cache_dir),
         modalis::runner::bundled_plugins(),
     );
+    cfg.plugin_trust = modalis::controller::PluginTrust::development()?;
     cfg.speed = SPEED;
     // The clinic's devices: their telemetry before and after their session is expected.
     cfg.devices = device_ids;

@@ -102,6 +102,12 @@ pub struct RunArgs {
     /// Controller id (the `<controller>` topic level).
     #[arg(long, default_value = crate::DEFAULT_CONTROLLER_ID)]
     pub controller: String,
+    /// A vendor's plugin to load besides the bundled ones; its signature is read from
+    /// FILE.sig. Repeatable.
+    #[arg(long = "plugin", value_name = "FILE.wasm")]
+    pub plugins: Vec<PathBuf>,
+    #[command(flatten)]
+    pub trust: crate::signing_cli::TrustArgs,
 }
 
 /// `modalis plugin ...`
@@ -123,6 +129,12 @@ pub enum PluginCommand {
         #[arg(long, value_name = "FILE")]
         params: Option<PathBuf>,
     },
+    /// Make a new Ed25519 key for signing plugins.
+    Keygen(crate::signing_cli::KeygenArgs),
+    /// Sign a plugin: writes FILE.sig beside it.
+    Sign(crate::signing_cli::SignArgs),
+    /// Check a plugin's signature against a trust store, as the controller will.
+    Verify(crate::signing_cli::VerifyArgs),
 }
 
 fn default_cache_dir() -> PathBuf {
@@ -145,6 +157,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plugin(PluginCommand::Check { file, params }) => {
             check_cmd(&runtime(&cache)?, &file, params.as_deref())
         }
+        Command::Plugin(PluginCommand::Keygen(a)) => crate::signing_cli::keygen(&a),
+        Command::Plugin(PluginCommand::Sign(a)) => crate::signing_cli::sign(&a),
+        Command::Plugin(PluginCommand::Verify(a)) => crate::signing_cli::verify(&a),
         Command::Audit(cmd) => modalis_audit::cli::run(cmd),
         Command::Demo(args) => demo(&runtime(&cache)?, args, &cache),
         Command::Run(args) => run_cmd(args, &cache),
@@ -189,6 +204,10 @@ fn run_cmd(args: RunArgs, cache: &Path) -> anyhow::Result<ExitCode> {
             }),
         },
     };
+    let mut plugins = crate::runner::bundled_plugins();
+    for p in &args.plugins {
+        plugins.push(crate::runner::plugin_from_file(p)?);
+    }
     run_protocol(crate::runner::RunOptions {
         protocol: args.protocol,
         broker,
@@ -200,7 +219,8 @@ fn run_cmd(args: RunArgs, cache: &Path) -> anyhow::Result<ExitCode> {
         cache_dir: cache.to_path_buf(),
         operator: args.operator,
         yes: args.yes,
-        plugins: crate::runner::bundled_plugins(),
+        plugins,
+        plugin_trust: args.trust.policy()?,
     })
 }
 
@@ -315,5 +335,7 @@ fn demo(rt: &PluginRuntime, args: DemoArgs, cache: &Path) -> anyhow::Result<Exit
         operator: "demo".into(),
         yes: true,
         plugins: crate::runner::bundled_plugins(),
+        // The demo runs the bundled plugins, signed with the development key, and says so.
+        plugin_trust: crate::controller::PluginTrust::development()?,
     })
 }

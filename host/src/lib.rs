@@ -13,6 +13,7 @@ pub mod protocol;
 pub mod runner;
 pub mod session;
 pub mod shutdown;
+pub mod signing_cli;
 pub mod sim;
 
 /// The controller id used when none is given: the `<controller>` level of every topic

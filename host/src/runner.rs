@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -19,7 +19,8 @@ use crate::bus::payload::{AlarmPriority, SessionState};
 use crate::bus::topics::Topics;
 use crate::bus::{BusConfig, Credentials};
 use crate::controller::{
-    Controller, ControllerConfig, ControllerEvent, PluginSource, Prepared, SessionSnapshot,
+    Controller, ControllerConfig, ControllerEvent, PluginSource, PluginTrust, Prepared,
+    SessionSnapshot,
 };
 use crate::plugin::RuntimeConfig;
 use crate::protocol::Protocol;
@@ -67,6 +68,8 @@ pub struct RunOptions {
     pub yes: bool,
     /// The plugins to load.
     pub plugins: Vec<PluginSource>,
+    /// Whose signatures they need.
+    pub plugin_trust: PluginTrust,
 }
 
 /// The bundled first-party plugins.
@@ -76,8 +79,28 @@ pub fn bundled_plugins() -> Vec<PluginSource> {
         .map(|a| PluginSource {
             label: a.package.to_string(),
             bytes: std::borrow::Cow::Borrowed(a.bytes),
+            signature: Some(std::borrow::Cow::Borrowed(a.signature.as_bytes())),
         })
         .collect()
+}
+
+/// A vendor's plugin from a file, with its signature from `<file>.sig` when there is one.
+pub fn plugin_from_file(path: &Path) -> anyhow::Result<PluginSource> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("reading plugin {}", path.display()))?;
+    let sig_path = crate::plugin::signing::signature_path(path);
+    let signature = match std::fs::read(&sig_path) {
+        Ok(s) => Some(std::borrow::Cow::Owned(s)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            return Err(e).with_context(|| format!("reading signature {}", sig_path.display()));
+        }
+    };
+    Ok(PluginSource {
+        label: path.display().to_string(),
+        bytes: std::borrow::Cow::Owned(bytes),
+        signature,
+    })
 }
 
 /// Runs the protocol to its end (or until Ctrl-C/SIGTERM); returns whether it completed and
@@ -124,6 +147,22 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
     println!("  watch it   {watch}");
     println!("  audit log  {}", opts.audit_dir.display());
     println!(
+        "  plugins    {}",
+        match opts.plugin_trust.state() {
+            crate::bus::payload::PluginTrustState::Enforced => format!(
+                "{} signed by a trusted key ({} key(s) in the trust store)",
+                opts.plugins.len(),
+                opts.plugin_trust.store.keys().len()
+            ),
+            crate::bus::payload::PluginTrustState::DevelopmentKeyTrusted => format!(
+                "{} signed; the DEVELOPMENT key is trusted (anyone can sign with it)",
+                opts.plugins.len()
+            ),
+            crate::bus::payload::PluginTrustState::NotEnforced =>
+                "signatures NOT enforced (--allow-unsigned-plugins, development only)".to_string(),
+        }
+    );
+    println!(
         "  speed      x{}{}",
         opts.speed,
         if opts.speed > 1 {
@@ -167,6 +206,7 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
         opts.plugins.clone(),
     );
     cfg.speed = opts.speed;
+    cfg.plugin_trust = opts.plugin_trust.clone();
     cfg.devices = protocol.devices.values().map(|p| p.id.clone()).collect();
     let ctl = Controller::start(cfg, ctl_cancel.clone())
         .await

@@ -33,6 +33,9 @@ fn main() {
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
 
     println!("cargo:rerun-if-changed={}", plugins_dir.display());
+    let dev_key_file = manifest_dir.join("dev-signing-key.txt");
+    println!("cargo:rerun-if-changed={}", dev_key_file.display());
+    let dev_key = read_dev_key(&dev_key_file);
     println!("cargo:rerun-if-changed={}", root.join("sdk").display());
     println!(
         "cargo:rerun-if-changed={}",
@@ -110,6 +113,14 @@ fn main() {
             )
             .ok();
             writeln!(src, "/// Bytes of the first-party plugin `{}`.\npub const {konst}_WASM: &[u8] = include_bytes!({path:?});", c.package).ok();
+            let bytes = fs::read(&file).expect("read the built plugin");
+            writeln!(
+                src,
+                "/// Development-key signature of `{}` (a `.wasm.sig` document).\npub const {konst}_SIG: &str = {:?};",
+                c.package,
+                sign(&bytes, &dev_key)
+            )
+            .ok();
             first_party.push((c.package.clone(), konst));
         }
     }
@@ -117,7 +128,7 @@ fn main() {
     for (pkg, k) in &first_party {
         writeln!(
             src,
-            "    Artifact {{ package: {pkg:?}, path: {k}, bytes: {k}_WASM }},"
+            "    Artifact {{ package: {pkg:?}, path: {k}, bytes: {k}_WASM, signature: {k}_SIG }},"
         )
         .ok();
     }
@@ -126,7 +137,49 @@ fn main() {
         writeln!(src, "    ({pkg:?}, {k}),").ok();
     }
     src.push_str("];\n");
+    writeln!(
+        src,
+        "/// Public half of the development signing key (`dev-signing-key.txt`), hex.\npub const DEV_PUBLIC_KEY: &str = {:?};",
+        hex::encode(dev_key.verifying_key().as_bytes())
+    )
+    .ok();
     fs::write(out_dir.join("artifacts.rs"), src).expect("write artifacts.rs");
+}
+
+/// The development key's seed: the first line of the file that is not a comment.
+fn read_dev_key(path: &Path) -> ed25519_dalek::SigningKey {
+    let text = fs::read_to_string(path).expect("read dev-signing-key.txt");
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .expect("dev-signing-key.txt holds a key");
+    let seed: [u8; 32] = hex::decode(line)
+        .expect("dev-signing-key.txt: hex")
+        .try_into()
+        .expect("dev-signing-key.txt: 32 bytes");
+    ed25519_dalek::SigningKey::from_bytes(&seed)
+}
+
+/// A signature document as `modalis plugin sign` writes it (`host/src/plugin/signing.rs`;
+/// the host's tests verify every bundled signature, so the two cannot drift apart).
+fn sign(wasm: &[u8], key: &ed25519_dalek::SigningKey) -> String {
+    use ed25519_dalek::Signer as _;
+    use sha2::Digest as _;
+    const CONTEXT: &[u8] = b"modalis plugin signature v1\0";
+    let digest = sha2::Sha256::digest(wasm);
+    let mut message = CONTEXT.to_vec();
+    message.extend_from_slice(&digest);
+    let signature = key.sign(&message);
+    serde_json::json!({
+        "format": "modalis-plugin-signature/1",
+        "algorithm": "ed25519",
+        "wasm_sha256": hex::encode(digest),
+        "signer": "modalis development key (public; trusts anyone)",
+        "public_key": hex::encode(key.verifying_key().as_bytes()),
+        "signature": hex::encode(signature.to_bytes()),
+    })
+    .to_string()
 }
 
 /// Crates (directories with a Cargo.toml) directly under `dir`, except this one.

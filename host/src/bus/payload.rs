@@ -89,6 +89,22 @@ pub struct ControllerState {
     pub session_counter: u64,
     /// The controller's software version.
     pub version: String,
+    /// Whether the plugins it runs had to be signed by a trusted key.
+    pub plugin_trust: PluginTrustState,
+}
+
+/// Which plugins a controller loads, as its retained state tells every dashboard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PluginTrustState {
+    /// Only plugins signed by a key in the clinic's trust store.
+    Enforced,
+    /// Signatures are checked, but the development key (whose private half is public) is
+    /// trusted: anyone can sign a plugin. Development and demos only.
+    DevelopmentKeyTrusted,
+    /// Plugins with a missing, broken or unknown signature are loaded too
+    /// (`--allow-unsigned-plugins`). Development only.
+    NotEnforced,
 }
 
 /// Where a therapy session is in its life cycle: the session state machine's own enum, so the

@@ -43,11 +43,12 @@ use modalis_sdk::Setpoint;
 
 use crate::bus::payload::{
     AckOutcome, AlarmMessage, AlarmPriority, CommandAck, CommandAction, ControllerState,
-    DeviceCommand, DeviceTelemetry, DoseReportMessage, Inbound, LeaseGrant, NextStep, Presence,
-    Sequencer, SessionState, SessionStatus, StepRef, wall_clock_ms,
+    DeviceCommand, DeviceTelemetry, DoseReportMessage, Inbound, LeaseGrant, NextStep,
+    PluginTrustState, Presence, Sequencer, SessionState, SessionStatus, StepRef, wall_clock_ms,
 };
 use crate::bus::topics::{Topics, check_id};
 use crate::bus::{Bus, BusConfig, BusEvent, BusHandle, Inbox, OutboundMessage, Qos};
+use crate::plugin::signing::{SignatureError, TrustStore};
 use crate::plugin::{Plugin, PluginRuntime, RuntimeConfig};
 use crate::protocol::{Protocol, ProtocolError};
 use crate::session::machine::{self, SessionEvent};
@@ -63,6 +64,42 @@ pub struct PluginSource {
     pub label: String,
     /// The component's bytes.
     pub bytes: Cow<'static, [u8]>,
+    /// Its detached signature document (`<file>.wasm.sig`), if it has one.
+    pub signature: Option<Cow<'static, [u8]>>,
+}
+
+/// Which plugins the controller loads.
+#[derive(Debug, Clone, Default)]
+pub struct PluginTrust {
+    /// Keys whose signatures are accepted.
+    pub store: TrustStore,
+    /// Development only: load plugins whose signature is missing, broken or by an unknown
+    /// key. Logged, audited and shown in the retained controller state.
+    pub allow_unsigned: bool,
+}
+
+impl PluginTrust {
+    /// Trusts the development key the bundled plugins are signed with, and nothing else:
+    /// for the demo, simulations and tests (the state says `development_key_trusted`).
+    pub fn development() -> Result<PluginTrust, SignatureError> {
+        let mut store = TrustStore::new();
+        store.add(crate::plugin::signing::development_key()?);
+        Ok(PluginTrust {
+            store,
+            allow_unsigned: false,
+        })
+    }
+
+    /// What the retained controller state says about it.
+    pub fn state(&self) -> PluginTrustState {
+        if self.allow_unsigned {
+            PluginTrustState::NotEnforced
+        } else if self.store.trusts_development_key() {
+            PluginTrustState::DevelopmentKeyTrusted
+        } else {
+            PluginTrustState::Enforced
+        }
+    }
 }
 
 /// How the controller runs.
@@ -79,6 +116,9 @@ pub struct ControllerConfig {
     pub runtime: RuntimeConfig,
     /// The plugins sessions may use, by the id their manifest gives.
     pub plugins: Vec<PluginSource>,
+    /// Whose plugin signatures are accepted. The default trusts no key: every plugin is
+    /// refused.
+    pub plugin_trust: PluginTrust,
     /// The ids of the clinic's devices this controller expects to hear from. Messages from
     /// these while no session uses them are ignored (counted); messages from any other
     /// device are rejected, counted and audited. Devices of prepared sessions are added.
@@ -114,6 +154,7 @@ impl ControllerConfig {
             audit_dir,
             runtime,
             plugins,
+            plugin_trust: PluginTrust::default(),
             devices: Vec::new(),
             speed: 1,
             renew_every: Duration::from_millis(500),
@@ -692,6 +733,8 @@ struct Core {
     last_telemetry: HashMap<String, (u64, u64)>,
     /// Session-end checkpoints still being written, joined before the controller ends.
     checkpoints: Vec<std::thread::JoinHandle<()>>,
+    /// Which plugins were admitted, for the retained state.
+    plugin_trust: PluginTrustState,
 }
 
 /// Most rejected inbound messages audited one by one per second; the rest are counted.
@@ -723,7 +766,63 @@ impl Core {
         })?;
         let mut plugins = BTreeMap::new();
         let mut hashes = Vec::new();
+        let trust = &config.plugin_trust;
+        match trust.state() {
+            PluginTrustState::Enforced => {}
+            PluginTrustState::DevelopmentKeyTrusted => tracing::warn!(
+                "the development plugin-signing key is trusted: anyone can sign a plugin this controller loads (development only)"
+            ),
+            PluginTrustState::NotEnforced => tracing::warn!(
+                "plugin signatures are NOT enforced (--allow-unsigned-plugins): development only"
+            ),
+        }
+        if trust.state() != PluginTrustState::Enforced {
+            audit.append(
+                Entry::new(
+                    Actor::Controller,
+                    Event::Alarm {
+                        code: "plugin.trust_relaxed".into(),
+                        severity: Severity::Warning,
+                    },
+                )
+                .payload(serde_json::json!({"plugin_trust": trust.state()})),
+            )?;
+        }
         for src in &config.plugins {
+            // The signature is checked before wasmtime sees a byte of the component.
+            let verdict = match &src.signature {
+                Some(sig) => trust.store.verify(&src.bytes, sig),
+                None => Err(SignatureError::Missing(format!(
+                    "no {}.sig beside it",
+                    src.label
+                ))),
+            };
+            let signature = match verdict {
+                Ok(v) => {
+                    serde_json::json!({"key": v.key_name, "key_id": v.key_id, "development": v.development})
+                }
+                Err(e) if trust.allow_unsigned => {
+                    tracing::warn!(plugin = %src.label, error = %e, "loading a plugin whose signature was refused (--allow-unsigned-plugins)");
+                    serde_json::json!({"refused": e.to_string(), "loaded_because": "--allow-unsigned-plugins"})
+                }
+                Err(e) => {
+                    audit.append(
+                        Entry::new(
+                            Actor::Controller,
+                            Event::Alarm {
+                                code: "plugin.untrusted".into(),
+                                severity: Severity::Critical,
+                            },
+                        )
+                        .outcome(Outcome::Rejected)
+                        .payload(serde_json::json!({"label": src.label, "reason": e.to_string()})),
+                    )?;
+                    return Err(ControllerError::PluginLoad {
+                        label: src.label.clone(),
+                        message: format!("refused: {e}"),
+                    });
+                }
+            };
             let p = runtime.load_bytes(&src.label, &src.bytes).map_err(|e| {
                 ControllerError::PluginLoad {
                     label: src.label.clone(),
@@ -743,7 +842,7 @@ impl Core {
                         wasm_sha256: p.wasm_sha256().to_string(),
                     },
                 )
-                .payload(serde_json::json!({"label": src.label, "vendor": m.vendor})),
+                .payload(serde_json::json!({"label": src.label, "vendor": m.vendor, "signature": signature})),
             )?;
             hashes.push(format!("{}={}", m.id, p.wasm_sha256()));
             plugins.insert(m.id.clone(), p);
@@ -771,6 +870,7 @@ impl Core {
             state: presence,
             session_counter: boot_counter,
             version: env!("CARGO_PKG_VERSION").to_string(),
+            plugin_trust: config.plugin_trust.state(),
         };
         bus_cfg.last_will = Some(OutboundMessage::json(
             topics.state(),
@@ -840,6 +940,7 @@ impl Core {
             reject_window: (0, 0),
             last_telemetry: HashMap::new(),
             checkpoints: Vec::new(),
+            plugin_trust: config.plugin_trust.state(),
         })
     }
 
@@ -2546,6 +2647,7 @@ impl Core {
             state: Presence::Offline,
             session_counter: self.boot_counter,
             version: env!("CARGO_PKG_VERSION").to_string(),
+            plugin_trust: self.plugin_trust,
         };
         let _ = self
             .bus

@@ -21,6 +21,7 @@ mod cache;
 pub mod check;
 mod error;
 mod output;
+pub mod signing;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -246,6 +246,7 @@ pub fn controller_state(t: &Topics, presence: Presence, counter: u64) -> Control
         state: presence,
         session_counter: counter,
         version: env!("CARGO_PKG_VERSION").to_string(),
+        plugin_trust: modalis::bus::payload::PluginTrustState::Enforced,
     }
 }
 

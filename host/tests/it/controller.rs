@@ -337,6 +337,7 @@ async fn start_controller(
         RuntimeConfig::for_tests(&dir.join("cache")),
         modalis::runner::bundled_plugins(),
     );
+    cfg.plugin_trust = modalis::controller::PluginTrust::development().expect("dev key");
     cfg.speed = speed;
     cfg.devices = devices;
     Controller::start(cfg, cancel.clone())
@@ -696,7 +697,13 @@ async fn controller_process(signal: &str) -> (Duration, tempfile::TempDir, Watch
         .arg(&file)
         .args(["--broker", &m.url(), "--username", CONTROLLER_USER.0])
         .env("MODALIS_MQTT_PASSWORD", CONTROLLER_USER.1)
-        .args(["--operator", "tester", "--yes", "--audit-dir"])
+        .args([
+            "--operator",
+            "tester",
+            "--yes",
+            "--trust-dev-key",
+            "--audit-dir",
+        ])
         .arg(dir.path().join("audit"))
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(dir.path().join("stderr")).expect("log file"))

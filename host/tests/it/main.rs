@@ -7,4 +7,5 @@ mod first_party;
 mod protocol;
 mod runtime;
 mod schemas;
+mod signing;
 mod sim;

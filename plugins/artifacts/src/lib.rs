@@ -13,6 +13,9 @@ pub struct Artifact {
     pub path: &'static str,
     /// The component's bytes, embedded at build time.
     pub bytes: &'static [u8],
+    /// Its signature by the development key (`dev-signing-key.txt`), as a `.wasm.sig`
+    /// document.
+    pub signature: &'static str,
 }
 
 include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));
