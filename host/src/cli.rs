@@ -336,6 +336,13 @@ fn new_plugin(
              choose the closest --modality before you ship (see README.md)"
         ),
     }
+    if done.inside_source_tree {
+        println!(
+            "Note: {} is inside the modalis source tree; it builds there (it is a workspace of its own), \
+             but a vendor's plugin belongs in its own repository (--dir PATH)",
+            done.dir.display()
+        );
+    }
     println!();
     println!("Next steps:");
     println!("  cd {}", done.dir.display());

@@ -50,6 +50,9 @@ pub struct Scaffolded {
     /// The example device profile (relative to the modalis source tree) whose channel the
     /// plugin drives, when the governor has rules for the modality.
     pub example_profile: Option<&'static str>,
+    /// Whether the crate landed inside the modalis source tree the SDK belongs to. It builds
+    /// there too (it is its own workspace), but a vendor's plugin belongs in its own repository.
+    pub inside_source_tree: bool,
 }
 
 /// Why a plugin could not be scaffolded.
@@ -482,6 +485,10 @@ pub fn create(req: &NewPlugin) -> Result<Scaffolded, ScaffoldError> {
     }
     let (files, lock_seeded_from) = written?;
     let k = kind(req.modality);
+    let inside_source_tree = match (req.dir.canonicalize(), sdk.parent()) {
+        (Ok(dir), Some(root)) => dir.starts_with(root),
+        _ => false,
+    };
     Ok(Scaffolded {
         dir: req.dir.clone(),
         sdk,
@@ -490,6 +497,7 @@ pub fn create(req: &NewPlugin) -> Result<Scaffolded, ScaffoldError> {
         wasm: Path::new("target/wasm32-wasip2/release")
             .join(format!("{}.wasm", lib_name(&req.name))),
         example_profile: k.example_profile,
+        inside_source_tree,
     })
 }
 

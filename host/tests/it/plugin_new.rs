@@ -131,6 +131,10 @@ fn every_modality_scaffolds_tests_builds_passes_check_and_precheck() {
             stdout.contains(&format!("modalis SDK: {}", sdk.display())),
             "{stdout}"
         );
+        assert!(
+            !stdout.contains("inside the modalis source tree"),
+            "a temporary directory is outside it:\n{stdout}"
+        );
         let wasm_rel = format!(
             "target/wasm32-wasip2/release/{}.wasm",
             name.replace('-', "_")
