@@ -113,6 +113,30 @@ pub struct RunArgs {
 /// `modalis plugin ...`
 #[derive(Debug, Subcommand)]
 pub enum PluginCommand {
+    /// Scaffold a plugin crate that builds for wasm32-wasip2 and passes `plugin check` as it
+    /// stands: Cargo.toml, parameters, the trait impl, unit tests, example parameters.
+    New {
+        /// Crate name: lower-case letters, digits, '-' and '_', starting with a letter (e.g.
+        /// acme-lllt). The plugin id is the name with '_' as '-'.
+        #[arg(value_parser = crate::scaffold::parse_name)]
+        name: String,
+        /// The modality: photobiomodulation, class-4-laser, infrared-heat, tens,
+        /// laser-acupuncture or other. It picks the plan skeleton.
+        #[arg(
+            long,
+            value_name = "KIND",
+            default_value = "photobiomodulation",
+            value_parser = crate::scaffold::parse_modality
+        )]
+        modality: modalis_sdk::ModalityKind,
+        /// Directory to create; it must not exist [default: ./<NAME>].
+        #[arg(long, value_name = "PATH")]
+        dir: Option<PathBuf>,
+        /// The modalis SDK (the sdk/ directory of a modalis source tree) [default: the one this
+        /// binary was built from].
+        #[arg(long, value_name = "PATH")]
+        sdk: Option<PathBuf>,
+    },
     /// Print a plugin's manifest, channels, imports and parameter schema.
     Inspect {
         /// The plugin component (.wasm).
@@ -151,6 +175,12 @@ fn default_cache_dir() -> PathBuf {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let cache = cli.cache_dir.clone().unwrap_or_else(default_cache_dir);
     match cli.command {
+        Command::Plugin(PluginCommand::New {
+            name,
+            modality,
+            dir,
+            sdk,
+        }) => new_plugin(name, modality, dir, sdk),
         Command::Plugin(PluginCommand::Inspect { file, json }) => {
             inspect(&runtime(&cache)?, &file, json)
         }
@@ -273,6 +303,77 @@ fn inspect(rt: &PluginRuntime, file: &Path, json: bool) -> anyhow::Result<ExitCo
     println!(
         "sample parameters\n{}",
         serde_json::to_string_pretty(&sample)?
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn new_plugin(
+    name: String,
+    modality: modalis_sdk::ModalityKind,
+    dir: Option<PathBuf>,
+    sdk: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    use crate::scaffold;
+    let sdk_given = sdk.is_some();
+    let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+    let done = scaffold::create(&scaffold::NewPlugin {
+        name: name.clone(),
+        modality,
+        dir,
+        sdk: sdk.unwrap_or_else(scaffold::default_sdk_dir),
+    })?;
+    println!(
+        "Created plugin crate {name} ({modality}) in {}",
+        done.dir.display()
+    );
+    for f in &done.files {
+        println!("  {}", f.display());
+    }
+    println!();
+    println!(
+        "modalis SDK: {} ({})",
+        done.sdk.display(),
+        if sdk_given {
+            "from --sdk"
+        } else {
+            "the source tree this modalis was built from; --sdk PATH to change it"
+        }
+    );
+    println!("  a path dependency in Cargo.toml: the SDK is not on crates.io");
+    if let Some(lock) = &done.lock_seeded_from {
+        println!(
+            "Cargo.lock: seeded from {} (the dependency versions modalis is tested with)",
+            lock.display()
+        );
+    }
+    match done.example_profile {
+        Some(p) => println!(
+            "Device profile: the sample plan passes the governor's pre-check with {}",
+            done.sdk.parent().unwrap_or(&done.sdk).join(p).display()
+        ),
+        None => println!(
+            "Note: the governor has no safety rules for `{modality}` and refuses device profiles that declare it; \
+             choose the closest --modality before you ship (see README.md)"
+        ),
+    }
+    if done.inside_source_tree {
+        println!(
+            "Note: {} is inside the modalis source tree; it builds there (it is a workspace of its own), \
+             but a vendor's plugin belongs in its own repository (--dir PATH)",
+            done.dir.display()
+        );
+    }
+    println!();
+    println!("Next steps:");
+    println!("  cd {}", done.dir.display());
+    println!("  cargo test                                      # native unit tests (SDK harness)");
+    println!(
+        "  cargo build --release --target wasm32-wasip2    # the component (rustup target add wasm32-wasip2 once)"
+    );
+    println!("  modalis plugin check {}", done.wasm.display());
+    println!(
+        "The plugin guide: {} (or cargo doc -p modalis-sdk --open, module `guide`)",
+        done.sdk.join("PLUGIN-GUIDE.md").display()
     );
     Ok(ExitCode::SUCCESS)
 }

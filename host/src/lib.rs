@@ -1,6 +1,7 @@
 //! # modalis
 //!
-//! The controller: the sandboxed plugin runtime ([`plugin`]) and the command line ([`cli`]).
+//! The controller: the sandboxed plugin runtime ([`plugin`]), the plugin scaffold ([`scaffold`])
+//! and the command line ([`cli`]).
 //! The safety governor lives in the `modalis-governor` crate and the audit log in
 //! `modalis-audit`; see ARCHITECTURE.md for the map.
 
@@ -11,6 +12,7 @@ pub mod controller;
 pub mod plugin;
 pub mod protocol;
 pub mod runner;
+pub mod scaffold;
 pub mod session;
 pub mod shutdown;
 pub mod signing_cli;

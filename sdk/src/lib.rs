@@ -59,6 +59,10 @@
 //! assert!(h.validate(r#"{"site": "nowhere:left", "target_temp_c": 39}"#).is_err());
 //! ```
 //!
+//! **New here? Read the [`guide`]**: the contract, types, units and sites, native tests,
+//! building, `modalis plugin check`, the sandbox, and how the governor treats a plan.
+//! `modalis plugin new <name> --modality <kind>` scaffolds a plugin crate that passes every check.
+//!
 //! * [`types`]: manifests, plans, setpoints (units in the field names), telemetry.
 //! * [`sites`]: the shared body-site vocabulary (regions and WHO acupuncture points).
 //! * [`dose`]: energy, fluence, irradiance, r.m.s. current, charge per phase.
@@ -67,10 +71,14 @@
 //!
 //! The contract itself is the WIT package in [`WIT`] (`modalis:plugin@0.1.0`).
 
-#![warn(missing_docs)]
+// Every public item is documented: vendors read these docs, not our source (`cargo doc` with
+// `RUSTDOCFLAGS="-D warnings"` must stay clean too).
+#![deny(missing_docs)]
 
 pub mod conformance;
 pub mod dose;
+#[doc = include_str!("../PLUGIN-GUIDE.md")]
+pub mod guide {}
 pub mod harness;
 pub mod plugin;
 pub mod sites;

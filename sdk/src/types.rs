@@ -33,6 +33,16 @@ pub enum ModalityKind {
 }
 
 impl ModalityKind {
+    /// Every kind, in the order of the WIT enum.
+    pub const ALL: [ModalityKind; 6] = [
+        ModalityKind::Photobiomodulation,
+        ModalityKind::Class4Laser,
+        ModalityKind::InfraredHeat,
+        ModalityKind::Tens,
+        ModalityKind::LaserAcupuncture,
+        ModalityKind::Other,
+    ];
+
     /// The kebab-case name used in manifests, profiles and protocol files.
     pub fn as_str(self) -> &'static str {
         match self {

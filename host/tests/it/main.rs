@@ -4,6 +4,7 @@ mod bus;
 mod cli;
 mod controller;
 mod first_party;
+mod plugin_new;
 mod protocol;
 mod runtime;
 mod schemas;
