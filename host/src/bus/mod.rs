@@ -51,7 +51,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use self::payload::{DecodeError, Inbound};
-use self::topics::Topics;
+use self::topics::{TopicKind, Topics};
 
 /// MQTT delivery guarantee. QoS 2 is not offered: commands carry their own ids and are acked
 /// at the application level, so its extra round trip buys nothing.
@@ -562,6 +562,18 @@ impl BusHandle {
         retain: bool,
     ) -> Result<(), BusError> {
         self.publish_message(OutboundMessage::json(topic, payload, qos, retain)?)
+            .await
+    }
+
+    /// Publishes `payload` on `topic`, a topic of `kind`, with the QoS and retain flag the
+    /// topic table ([`TopicKind`]) gives that kind: what the AsyncAPI document promises.
+    pub async fn publish_as<T: Serialize>(
+        &self,
+        kind: TopicKind,
+        topic: &str,
+        payload: &T,
+    ) -> Result<(), BusError> {
+        self.publish(topic, payload, kind.qos(), kind.retained())
             .await
     }
 
