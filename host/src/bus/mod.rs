@@ -31,6 +31,7 @@
 //! with it keep-alives and outgoing commands). Connection events travel on a separate queue
 //! and are delivered first.
 
+pub mod asyncapi;
 pub mod payload;
 pub mod topics;
 
