@@ -3,7 +3,8 @@
 //! [`Bus::start`] returns three parts:
 //! - a [`BusHandle`] (cheap to clone) to publish and subscribe from any task;
 //! - an [`Inbox`] with everything that arrives, decoded and checked against the wire contract
-//!   ([`payload`]), plus the connection's state changes, so the runtime can audit them;
+//!   ([`payload`]: the topic's JSON Schema, then serde, then the ids against the topic), plus
+//!   the connection's state changes, so the runtime can audit them;
 //! - a [`BusTask`], the one tokio task that polls rumqttc's event loop.
 //!
 //! The rumqttc pitfalls this module exists to contain (design brief, "MQTT client"):
@@ -757,6 +758,10 @@ impl Bus {
     /// is still an `offline`), disconnects cleanly and ends.
     pub fn start(config: BusConfig, cancel: CancellationToken) -> Result<Bus, BusError> {
         config.validate()?;
+        payload::compile_validators().map_err(|reason| BusError::Config {
+            field: "payload schemas",
+            reason,
+        })?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BusError::NoRuntime)?;
         let mut options = MqttOptions::new(
             config.client_id.clone(),

@@ -521,6 +521,15 @@ static VALIDATORS: LazyLock<Vec<(TopicKind, Result<jsonschema::Validator, String
             .collect()
     });
 
+/// Compiles every validator now (a few milliseconds, once per process) instead of on the first
+/// message, which may be an e-stop; fails naming the first schema that does not compile.
+pub fn compile_validators() -> Result<(), String> {
+    for kind in TopicKind::ALL {
+        validator(kind)?;
+    }
+    Ok(())
+}
+
 fn validator(kind: TopicKind) -> Result<&'static jsonschema::Validator, String> {
     match VALIDATORS.iter().find(|(k, _)| *k == kind) {
         Some((_, Ok(v))) => Ok(v),
