@@ -145,17 +145,17 @@ pub fn message_id(kind: TopicKind, payload: &Value) -> Option<String> {
         .map(|m| m.id)
 }
 
-/// The kinds of topic the controller subscribes to: those its filters
-/// ([`Topics::controller_filters`]) match.
-fn controller_receives(kind: TopicKind) -> bool {
-    let Ok(topics) = Topics::new("c") else {
-        return false;
-    };
+/// The controller's subscription ([`Topics::controller_filters`]) that matches topics of
+/// `kind`, written with `{controller}`, or `None` when it does not subscribe to them.
+fn controller_filter(kind: TopicKind) -> Option<String> {
+    let topics = Topics::new("c").ok()?;
     let sample = sample_topic(&topics, kind);
-    topics
+    let filter = topics
         .controller_filters()
-        .iter()
-        .any(|f| filter_matches(f, &sample))
+        .into_iter()
+        .find(|f| filter_matches(f, &sample))?;
+    let rest = filter.strip_prefix(topics.root())?;
+    Some(format!("{PREFIX}/{{controller}}{rest}"))
 }
 
 /// A concrete topic of `kind` (ids `c`, `s`, `d`).
@@ -296,25 +296,26 @@ pub fn document(examples: &BTreeMap<String, Value>) -> Value {
                 "messages": channel_messages,
             }),
         );
-        let action = if kind.publisher() == Publisher::Controller {
-            Some("send")
-        } else if controller_receives(kind) || kind == TopicKind::SimFault {
-            Some("receive")
+        let filter = controller_filter(kind);
+        let operation = if kind.publisher() == Publisher::Controller {
+            Some(("send", "The controller sends it.".to_string()))
+        } else if let Some(filter) = &filter {
+            Some((
+                "receive",
+                format!(
+                    "The controller receives it (subscribes to {filter}); every payload is checked against its schema before it is acted on, and a rejected one is counted and audited."
+                ),
+            ))
+        } else if kind == TopicKind::SimFault {
+            Some((
+                "receive",
+                "The device simulator (`modalis sim`), not the controller, receives it."
+                    .to_string(),
+            ))
         } else {
             None
         };
-        if let Some(action) = action {
-            let summary = match (action, kind) {
-                ("receive", TopicKind::SimFault) => {
-                    "The device simulator (`modalis sim`), not the controller, receives it."
-                        .to_string()
-                }
-                ("receive", _) => format!(
-                    "The controller receives it (subscribes to {}); every payload is checked against its schema before it is acted on, and a rejected one is counted and audited.",
-                    address(kind).replace("{device}", "+")
-                ),
-                _ => "The controller sends it.".to_string(),
-            };
+        if let Some((action, summary)) = operation {
             let refs: Vec<Value> = mine
                 .iter()
                 .map(|m| json!({ "$ref": format!("#/channels/{cid}/messages/{}", m.id) }))

@@ -16,7 +16,7 @@ use std::time::Duration;
 use modalis::broker::EmbeddedBroker;
 use modalis::bus::asyncapi::{self, filter_matches};
 use modalis::bus::payload::{self, EstopInput, FaultSpec, Inbound, SimFaultMessage};
-use modalis::bus::topics::{Topic, TopicKind, Topics};
+use modalis::bus::topics::{Publisher, Topic, TopicKind, Topics};
 use modalis::bus::{Bus, BusConfig, BusEvent, Qos};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -104,7 +104,9 @@ fn the_document_parses_as_asyncapi_3() {
     // Every operation points at a channel of the document and at messages of that channel,
     // and carries the table's QoS and retain flag.
     let ops = doc["operations"].as_object().expect("operations");
-    assert!(!ops.is_empty());
+    // One operation per channel: the controller (or, for faults, the simulator) is on one
+    // side of every topic.
+    assert_eq!(ops.len(), TopicKind::ALL.len());
     for (id, op) in ops {
         let channel_ref = op["channel"]["$ref"].as_str().expect("channel ref");
         let cid = channel_ref
@@ -123,6 +125,22 @@ fn the_document_parses_as_asyncapi_3() {
         };
         assert_eq!(mqtt["qos"], qos, "{id}");
         assert_eq!(mqtt["retain"], kind.retained(), "{id}");
+        // send: what the controller publishes; receive: what its subscriptions match (and the
+        // simulator's fault topic).
+        let t = Topics::new("c").expect("valid");
+        let topic = t.render(&sample(kind)).expect("renders");
+        let subscribed = t
+            .controller_filters()
+            .iter()
+            .any(|f| filter_matches(f, &topic));
+        let expected = if kind.publisher() == Publisher::Controller {
+            "send"
+        } else if subscribed || kind == TopicKind::SimFault {
+            "receive"
+        } else {
+            "none"
+        };
+        assert_eq!(op["action"], expected, "{id}");
         for m in op["messages"].as_array().expect("messages") {
             let r = m["$ref"].as_str().expect("message ref");
             let name = r
