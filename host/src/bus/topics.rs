@@ -457,11 +457,21 @@ mod tests {
                 device: "tens-2ch".into(),
             },
         ];
+        let mut kinds = Vec::new();
         for topic in all {
             let s = t.render(&topic).expect("renders");
             assert!(s.starts_with("modalis/v1/clinic-1/"), "{s}");
             assert_eq!(t.parse(&s).expect("parses"), topic, "{s}");
+            // The table's pattern is the rendered topic with its ids as placeholders.
+            let pattern = format!("modalis/v1/clinic-1/{}", topic.kind().pattern())
+                .replace("{session}", "s-1")
+                .replace("{device}", "tens-2ch");
+            assert_eq!(pattern, s, "{:?}", topic.kind());
+            assert_eq!(topic.retained(), topic.kind().retained());
+            kinds.push(topic.kind());
         }
+        kinds.sort();
+        assert_eq!(kinds, TopicKind::ALL, "one sample per kind");
         assert_eq!(
             t.device_telemetry("pads").expect("valid"),
             "modalis/v1/clinic-1/device/pads/telemetry"
