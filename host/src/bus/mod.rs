@@ -3,7 +3,8 @@
 //! [`Bus::start`] returns three parts:
 //! - a [`BusHandle`] (cheap to clone) to publish and subscribe from any task;
 //! - an [`Inbox`] with everything that arrives, decoded and checked against the wire contract
-//!   ([`payload`]), plus the connection's state changes, so the runtime can audit them;
+//!   ([`payload`]: the topic's JSON Schema, then serde, then the ids against the topic), plus
+//!   the connection's state changes, so the runtime can audit them;
 //! - a [`BusTask`], the one tokio task that polls rumqttc's event loop.
 //!
 //! The rumqttc pitfalls this module exists to contain (design brief, "MQTT client"):
@@ -31,6 +32,7 @@
 //! with it keep-alives and outgoing commands). Connection events travel on a separate queue
 //! and are delivered first.
 
+pub mod asyncapi;
 pub mod payload;
 pub mod topics;
 
@@ -51,7 +53,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use self::payload::{DecodeError, Inbound};
-use self::topics::Topics;
+use self::topics::{TopicKind, Topics};
 
 /// MQTT delivery guarantee. QoS 2 is not offered: commands carry their own ids and are acked
 /// at the application level, so its extra round trip buys nothing.
@@ -565,6 +567,18 @@ impl BusHandle {
             .await
     }
 
+    /// Publishes `payload` on `topic`, a topic of `kind`, with the QoS and retain flag the
+    /// topic table ([`TopicKind`]) gives that kind: what the AsyncAPI document promises.
+    pub async fn publish_as<T: Serialize>(
+        &self,
+        kind: TopicKind,
+        topic: &str,
+        payload: &T,
+    ) -> Result<(), BusError> {
+        self.publish(topic, payload, kind.qos(), kind.retained())
+            .await
+    }
+
     /// Publishes an already encoded message; see [`BusHandle::publish`].
     pub async fn publish_message(&self, msg: OutboundMessage) -> Result<(), BusError> {
         if !self.is_connected() {
@@ -744,6 +758,10 @@ impl Bus {
     /// is still an `offline`), disconnects cleanly and ends.
     pub fn start(config: BusConfig, cancel: CancellationToken) -> Result<Bus, BusError> {
         config.validate()?;
+        payload::compile_validators().map_err(|reason| BusError::Config {
+            field: "payload schemas",
+            reason,
+        })?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BusError::NoRuntime)?;
         let mut options = MqttOptions::new(
             config.client_id.clone(),

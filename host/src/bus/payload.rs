@@ -10,13 +10,15 @@
 //! - payloads are strict: unknown fields are refused, so a typo in a device's firmware shows
 //!   up as a rejected message rather than a silently ignored reading.
 
+use std::sync::LazyLock;
+
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use modalis_sdk::{Measurement, Setpoint};
 
-use super::topics::{Topic, TopicError, Topics, check_id};
+use super::topics::{Topic, TopicError, TopicKind, Topics, check_id};
 
 /// Milliseconds since the Unix epoch on this machine's wall clock (0 if the clock is before
 /// 1970, which only a broken clock is).
@@ -473,15 +475,45 @@ pub enum DecodeError {
     #[error(transparent)]
     Topic(#[from] TopicError),
     /// The payload does not match the topic's schema, or contradicts the topic.
-    #[error("topic {topic:?}: invalid payload at {field}: {message}")]
+    #[error(
+        "topic {topic:?}: invalid payload at {}: {message}",
+        pointer_display(field)
+    )]
     Payload {
         /// The topic as received.
         topic: String,
-        /// Where in the payload: a path such as `measurement.value`, or `(document)`.
+        /// Where in the payload, as a JSON pointer (RFC 6901) such as `/measurement/value`;
+        /// empty for the whole document (shown as `(document)`).
         field: String,
         /// What is wrong and what was expected.
         message: String,
     },
+}
+
+fn pointer_display(pointer: &str) -> &str {
+    if pointer.is_empty() {
+        "(document)"
+    } else {
+        pointer
+    }
+}
+
+/// Longest error message kept from a validator. Its messages quote the offending value, and
+/// a rejected message's error goes to the log and the audit trail: a 1 MiB payload must not.
+const MAX_MESSAGE_CHARS: usize = 300;
+
+fn clip(mut message: String) -> String {
+    if let Some((cut, _)) = message.char_indices().nth(MAX_MESSAGE_CHARS) {
+        message.truncate(cut);
+        message.push_str("...");
+    }
+    message
+}
+
+/// Appends one reference token to a JSON pointer, escaped as RFC 6901 says.
+fn push_token(pointer: &mut String, token: &str) {
+    pointer.push('/');
+    pointer.push_str(&token.replace('~', "~0").replace('/', "~1"));
 }
 
 /// Encodes a payload as JSON.
@@ -489,36 +521,138 @@ pub fn encode<T: Serialize>(payload: &T) -> Result<Vec<u8>, serde_json::Error> {
     serde_json::to_vec(payload)
 }
 
-fn from_json<T: DeserializeOwned>(topic: &str, payload: &[u8]) -> Result<T, DecodeError> {
-    let mut de = serde_json::Deserializer::from_slice(payload);
-    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        // A syntax error has no meaningful field (its path may end in `?`): the whole
-        // document is malformed.
-        let whole = path == "." || e.inner().is_syntax() || e.inner().is_eof();
+/// One compiled validator per kind of topic, built on first use from the same schemas that
+/// are published in `schemas/mqtt/` ([`schema`]), never per message. A schema that does not
+/// compile is a bug in this crate; it is kept as an error so that every message of that kind
+/// is rejected (fail closed) rather than panicking in the bus.
+static VALIDATORS: LazyLock<Vec<(TopicKind, Result<jsonschema::Validator, String>)>> =
+    LazyLock::new(|| {
+        TopicKind::ALL
+            .iter()
+            .map(|&kind| {
+                let validator = jsonschema::validator_for(&schema(kind).to_value())
+                    .map_err(|e| format!("the {} schema does not compile: {e}", kind.pattern()));
+                (kind, validator)
+            })
+            .collect()
+    });
+
+/// Compiles every validator now (a few milliseconds, once per process) instead of on the first
+/// message, which may be an e-stop; fails naming the first schema that does not compile.
+pub fn compile_validators() -> Result<(), String> {
+    for kind in TopicKind::ALL {
+        validator(kind)?;
+    }
+    Ok(())
+}
+
+fn validator(kind: TopicKind) -> Result<&'static jsonschema::Validator, String> {
+    match VALIDATORS.iter().find(|(k, _)| *k == kind) {
+        Some((_, Ok(v))) => Ok(v),
+        Some((_, Err(e))) => Err(e.clone()),
+        None => Err(format!("no validator for {}", kind.pattern())),
+    }
+}
+
+/// Checks `value` against the schema of `kind`; the error names the topic and the JSON
+/// pointer of the first problem.
+fn check_schema(
+    topic: &str,
+    kind: TopicKind,
+    value: &serde_json::Value,
+) -> Result<(), DecodeError> {
+    let bad = |field: String, message: String| DecodeError::Payload {
+        topic: topic.to_string(),
+        field,
+        message: clip(message),
+    };
+    let v = validator(kind).map_err(|e| bad(String::new(), e))?;
+    // The fast path: `is_valid` stops at the first failure without building errors.
+    if v.is_valid(value) {
+        return Ok(());
+    }
+    match v.validate(value) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let (field, message) = locate(&e);
+            Err(bad(field, message))
+        }
+    }
+}
+
+/// The JSON pointer and message that best name what is wrong. The validator reports a missing
+/// or unexpected property at the object that holds it, and a failed `oneOf` at the value as a
+/// whole; a device author wants the property, and the reason inside the variant the payload
+/// meant (the branch with the fewest errors, when one has fewer than all the others).
+fn locate(e: &jsonschema::ValidationError<'_>) -> (String, String) {
+    use jsonschema::error::ValidationErrorKind as K;
+    let mut pointer = e.instance_path().as_str().to_string();
+    match e.kind() {
+        K::AdditionalProperties { unexpected } => {
+            if let Some(first) = unexpected.first() {
+                push_token(&mut pointer, first);
+            }
+            (pointer, e.to_string())
+        }
+        K::Required { property } => {
+            if let Some(name) = property.as_str() {
+                push_token(&mut pointer, name);
+            }
+            (pointer, e.to_string())
+        }
+        K::OneOfNotValid { context } => {
+            let fewest = context.iter().map(Vec::len).min();
+            let mut best = context.iter().filter(|b| Some(b.len()) == fewest);
+            match (best.next().and_then(|b| b.first()), best.next()) {
+                (Some(inner), None) => locate(inner),
+                _ => (pointer, e.to_string()),
+            }
+        }
+        _ => (pointer, e.to_string()),
+    }
+}
+
+/// Parses, checks against the schema of `kind` and only then deserialises: the published
+/// schema is the contract, and serde's stricter reading (e.g. integers that overflow `u64`)
+/// still applies on top of it.
+fn from_json<T: DeserializeOwned>(
+    topic: &str,
+    kind: TopicKind,
+    payload: &[u8],
+) -> Result<T, DecodeError> {
+    // `from_slice` refuses trailing bytes after the value (a corrupted or concatenated
+    // message) as well as malformed JSON: either way the whole document is at fault.
+    let value: serde_json::Value =
+        serde_json::from_slice(payload).map_err(|e| DecodeError::Payload {
+            topic: topic.to_string(),
+            field: String::new(),
+            message: e.to_string(),
+        })?;
+    check_schema(topic, kind, &value)?;
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let mut pointer = String::new();
+        for segment in e.path().iter() {
+            use serde_path_to_error::Segment as S;
+            match segment {
+                S::Seq { index } => push_token(&mut pointer, &index.to_string()),
+                S::Map { key } => push_token(&mut pointer, key),
+                S::Enum { variant } => push_token(&mut pointer, variant),
+                S::Unknown => {}
+            }
+        }
         DecodeError::Payload {
             topic: topic.to_string(),
-            field: if whole {
-                "(document)".to_string()
-            } else {
-                path
-            },
-            message: e.into_inner().to_string(),
+            field: pointer,
+            message: clip(e.into_inner().to_string()),
         }
-    })?;
-    // Trailing bytes after the object mean a corrupted or concatenated message.
-    de.end().map_err(|e| DecodeError::Payload {
-        topic: topic.to_string(),
-        field: "(document)".to_string(),
-        message: e.to_string(),
-    })?;
-    Ok(value)
+    })
 }
 
 /// Decodes a message received on `topic`: the topic must be one of `topics`, the payload must
 /// match that topic's schema, and the ids in the payload must agree with the topic's.
 pub fn decode(topics: &Topics, topic: &str, payload: &[u8]) -> Result<Inbound, DecodeError> {
     let parsed = topics.parse(topic)?;
+    let kind = parsed.kind();
     let bad = |field: &str, message: String| DecodeError::Payload {
         topic: topic.to_string(),
         field: field.to_string(),
@@ -546,46 +680,46 @@ pub fn decode(topics: &Topics, topic: &str, payload: &[u8]) -> Result<Inbound, D
     };
     Ok(match parsed {
         Topic::State => {
-            let m: ControllerState = from_json(topic, payload)?;
-            same("controller", &m.controller, topics.controller())?;
+            let m: ControllerState = from_json(topic, kind, payload)?;
+            same("/controller", &m.controller, topics.controller())?;
             Inbound::State(m)
         }
         Topic::SessionStatus { session } => {
-            let m: SessionStatus = from_json(topic, payload)?;
-            same("session", &m.session, &session)?;
+            let m: SessionStatus = from_json(topic, kind, payload)?;
+            same("/session", &m.session, &session)?;
             if !(m.progress_percent.is_finite() && (0.0..=100.0).contains(&m.progress_percent)) {
                 return Err(bad(
-                    "progress_percent",
+                    "/progress_percent",
                     format!("expected 0-100, got {}", m.progress_percent),
                 ));
             }
             Inbound::SessionStatus(m)
         }
         Topic::DoseReport { session } => {
-            let m: DoseReportMessage = from_json(topic, payload)?;
-            same("session", &m.session, &session)?;
+            let m: DoseReportMessage = from_json(topic, kind, payload)?;
+            same("/session", &m.session, &session)?;
             Inbound::DoseReport(m)
         }
         Topic::DeviceCommand { device } => {
-            let m: DeviceCommand = from_json(topic, payload)?;
-            same("device", &m.device, &device)?;
-            nonempty("command_id", &m.command_id)?;
-            nonempty("channel", &m.channel)?;
+            let m: DeviceCommand = from_json(topic, kind, payload)?;
+            same("/device", &m.device, &device)?;
+            nonempty("/command_id", &m.command_id)?;
+            nonempty("/channel", &m.channel)?;
             if let Some(s) = &m.session {
-                id("session", "session", s)?;
+                id("/session", "session", s)?;
             }
             match &m.action {
                 CommandAction::Set { setpoint, lease } => {
                     if lease.valid_for_ms == 0 {
                         return Err(bad(
-                            "action.lease.valid_for_ms",
+                            "/action/lease/valid_for_ms",
                             "expected at least 1 ms".to_string(),
                         ));
                     }
                     for (name, v) in setpoint.numbers() {
                         if !(v.is_finite() && v >= 0.0) {
                             return Err(bad(
-                                &format!("action.setpoint.{name}"),
+                                &format!("/action/setpoint/{name}"),
                                 format!("expected a finite number >= 0, got {v}"),
                             ));
                         }
@@ -594,7 +728,7 @@ pub fn decode(topics: &Topics, topic: &str, payload: &[u8]) -> Result<Inbound, D
                 CommandAction::RenewLease { lease } => {
                     if lease.valid_for_ms == 0 {
                         return Err(bad(
-                            "action.lease.valid_for_ms",
+                            "/action/lease/valid_for_ms",
                             "expected at least 1 ms".to_string(),
                         ));
                     }
@@ -604,16 +738,16 @@ pub fn decode(topics: &Topics, topic: &str, payload: &[u8]) -> Result<Inbound, D
             Inbound::Command(m)
         }
         Topic::DeviceAck { device } => {
-            let m: CommandAck = from_json(topic, payload)?;
-            same("device", &m.device, &device)?;
-            nonempty("command_id", &m.command_id)?;
-            nonempty("channel", &m.channel)?;
+            let m: CommandAck = from_json(topic, kind, payload)?;
+            same("/device", &m.device, &device)?;
+            nonempty("/command_id", &m.command_id)?;
+            nonempty("/channel", &m.channel)?;
             Inbound::Ack(m)
         }
         Topic::DeviceTelemetry { device } => {
-            let m: DeviceTelemetry = from_json(topic, payload)?;
-            same("device", &m.device, &device)?;
-            nonempty("channel", &m.channel)?;
+            let m: DeviceTelemetry = from_json(topic, kind, payload)?;
+            same("/device", &m.device, &device)?;
+            nonempty("/channel", &m.channel)?;
             let v = match m.measurement {
                 Measurement::SkinTempC(v)
                 | Measurement::OpticalPowerMw(v)
@@ -621,55 +755,63 @@ pub fn decode(topics: &Topics, topic: &str, payload: &[u8]) -> Result<Inbound, D
             };
             if !v.is_finite() {
                 return Err(bad(
-                    "measurement.value",
+                    "/measurement/value",
                     format!("expected a finite number, got {v}"),
                 ));
             }
             Inbound::Telemetry(m)
         }
-        Topic::Alarm => Inbound::Alarm(from_json(topic, payload)?),
+        Topic::Alarm => Inbound::Alarm(from_json(topic, kind, payload)?),
         Topic::Estop => {
-            let m: EstopInput = from_json(topic, payload)?;
-            nonempty("panel", &m.panel)?;
+            let m: EstopInput = from_json(topic, kind, payload)?;
+            nonempty("/panel", &m.panel)?;
             Inbound::Estop(m)
         }
         Topic::SimFault { device } => {
-            let m: SimFaultMessage = from_json(topic, payload)?;
-            same("device", &m.device, &device)?;
+            let m: SimFaultMessage = from_json(topic, kind, payload)?;
+            same("/device", &m.device, &device)?;
             m.faults
                 .check()
-                .map_err(|(field, message)| bad(&format!("faults.{field}"), message))?;
+                .map_err(|(field, message)| bad(&format!("/faults/{field}"), message))?;
             Inbound::SimFault(m)
         }
     })
 }
 
+/// The JSON Schema of the payload of `kind`: what inbound messages are validated against and
+/// what `schemas/mqtt/` publishes.
+pub fn schema(kind: TopicKind) -> schemars::Schema {
+    match kind {
+        TopicKind::State => schemars::schema_for!(ControllerState),
+        TopicKind::SessionStatus => schemars::schema_for!(SessionStatus),
+        TopicKind::DoseReport => schemars::schema_for!(DoseReportMessage),
+        TopicKind::DeviceCommand => schemars::schema_for!(DeviceCommand),
+        TopicKind::DeviceAck => schemars::schema_for!(CommandAck),
+        TopicKind::DeviceTelemetry => schemars::schema_for!(DeviceTelemetry),
+        TopicKind::Alarm => schemars::schema_for!(AlarmMessage),
+        TopicKind::Estop => schemars::schema_for!(EstopInput),
+        TopicKind::SimFault => schemars::schema_for!(SimFaultMessage),
+    }
+}
+
 /// The JSON Schema of every payload, by topic pattern, for the generated `schemas/` and
 /// dashboard authors.
 pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
-    vec![
-        ("state", schemars::schema_for!(ControllerState)),
-        (
-            "session/{session}/status",
-            schemars::schema_for!(SessionStatus),
-        ),
-        (
-            "session/{session}/dose-report",
-            schemars::schema_for!(DoseReportMessage),
-        ),
-        (
-            "device/{device}/command",
-            schemars::schema_for!(DeviceCommand),
-        ),
-        ("device/{device}/ack", schemars::schema_for!(CommandAck)),
-        (
-            "device/{device}/telemetry",
-            schemars::schema_for!(DeviceTelemetry),
-        ),
-        ("alarm", schemars::schema_for!(AlarmMessage)),
-        ("estop", schemars::schema_for!(EstopInput)),
-        ("sim/{device}/fault", schemars::schema_for!(SimFaultMessage)),
-    ]
+    TopicKind::ALL
+        .iter()
+        .map(|&kind| (kind.pattern(), schema(kind)))
+        .collect()
+}
+
+/// The file under `schemas/` that holds the schema of `kind`, named after its pattern without
+/// the id levels (`device/{device}/telemetry` -> `mqtt/device-telemetry.schema.json`).
+pub fn schema_file(kind: TopicKind) -> String {
+    let name: Vec<&str> = kind
+        .pattern()
+        .split('/')
+        .filter(|level| !level.starts_with('{'))
+        .collect();
+    format!("mqtt/{}.schema.json", name.join("-"))
 }
 
 #[cfg(test)]
@@ -726,23 +868,72 @@ mod tests {
             assert_eq!(f, field, "{e}");
             assert!(e.to_string().contains(&topic), "{e}");
         };
-        check("not json", "(document)");
+        check("not json", "");
         check(
             r#"{"seq":1,"ts_ms":1,"device":"pads","channel":"p","measurement":{"kind":"skin_temp_c","value":"hot"},"delivering":true,"lease_id":null}"#,
-            "measurement.value",
+            "/measurement/value",
         );
         check(
             r#"{"seq":1,"ts_ms":1,"device":"other","channel":"p","measurement":{"kind":"skin_temp_c","value":33.0},"delivering":true,"lease_id":null}"#,
-            "device",
+            "/device",
         );
         check(
             r#"{"seq":1,"ts_ms":1,"device":"pads","channel":"p","measurement":{"kind":"skin_temp_c","value":33.0},"delivering":true,"lease_id":null,"extra":1}"#,
-            "extra",
+            "/extra",
         );
         check(
             r#"{"seq":1,"ts_ms":1,"device":"pads","channel":"p","measurement":{"kind":"skin_temp_c","value":33.0},"delivering":true,"lease_id":null} {}"#,
-            "(document)",
+            "",
         );
+    }
+
+    #[test]
+    fn every_validator_compiles_once() {
+        for kind in TopicKind::ALL {
+            let first = validator(kind).expect("compiles");
+            let again = validator(kind).expect("compiles");
+            // The same compiled validator each time, not one per message.
+            assert!(std::ptr::eq(first, again), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn the_schema_check_names_the_json_pointer() {
+        let t = topics();
+        let topic = t.device_telemetry("pads").expect("valid");
+        let reject = |payload: &str| {
+            let e = decode(&t, &topic, payload.as_bytes()).expect_err(payload);
+            let DecodeError::Payload { field, message, .. } = e.clone() else {
+                panic!("{e}")
+            };
+            (field, message, e.to_string())
+        };
+        // A missing property is named where it should be, by the schema's `required`.
+        let (field, message, _) = reject(
+            r#"{"seq":1,"ts_ms":1,"device":"pads","channel":"p","measurement":{"kind":"skin_temp_c","value":33.0}}"#,
+        );
+        assert_eq!(field, "/delivering");
+        assert!(message.contains("required"), "{message}");
+        // An unknown measurement kind matches no variant: the pointer stops at the
+        // measurement, which is where the choice is made.
+        let (field, message, _) = reject(
+            r#"{"seq":1,"ts_ms":1,"device":"pads","channel":"p","measurement":{"kind":"humidity","value":3.0},"delivering":true}"#,
+        );
+        assert_eq!(field, "/measurement");
+        assert!(message.contains("oneOf"), "{message}");
+        // A huge offending value is not copied whole into the error (it goes to the audit).
+        let huge = "x".repeat(100_000);
+        let (field, _, text) = reject(&format!(
+            r#"{{"seq":"{huge}","ts_ms":1,"device":"pads","channel":"p","measurement":{{"kind":"skin_temp_c","value":33.0}},"delivering":true}}"#
+        ));
+        assert_eq!(field, "/seq");
+        assert!(text.len() < 1000, "{} bytes", text.len());
+        // Past the schema, serde still reads strictly: 2^64 is an integer to JSON Schema but
+        // does not fit the u64 the field is.
+        let (field, _, _) = reject(
+            r#"{"seq":18446744073709551616,"ts_ms":1,"device":"pads","channel":"p","measurement":{"kind":"skin_temp_c","value":33.0},"delivering":true}"#,
+        );
+        assert_eq!(field, "/seq");
     }
 
     #[test]
@@ -784,16 +975,16 @@ mod tests {
             assert_eq!(f, field, "{e}");
             assert!(e.to_string().contains(&topic), "{e}");
         };
-        check(r#"{"overheating_gain":0}"#, "faults.overheating_gain");
-        check(r#"{"overheating_gain":-2}"#, "faults.overheating_gain");
-        check(r#"{"power_drift":0.0}"#, "faults.power_drift");
-        check(r#"{"power_drift":1000}"#, "faults.power_drift");
+        check(r#"{"overheating_gain":0}"#, "/faults/overheating_gain");
+        check(r#"{"overheating_gain":-2}"#, "/faults/overheating_gain");
+        check(r#"{"power_drift":0.0}"#, "/faults/power_drift");
+        check(r#"{"power_drift":1000}"#, "/faults/power_drift");
         check(
             r#"{"electrode_lifting_ohm_per_s":-1}"#,
-            "faults.electrode_lifting_ohm_per_s",
+            "/faults/electrode_lifting_ohm_per_s",
         );
-        check(r#"{"silent":"yes"}"#, "faults.silent");
-        check(r#"{"slient":true}"#, "faults.slient");
+        check(r#"{"silent":"yes"}"#, "/faults/silent");
+        check(r#"{"slient":true}"#, "/faults/slient");
         let e = decode(
             &t,
             &topic,
@@ -801,7 +992,7 @@ mod tests {
         )
         .expect_err("another device's name");
         assert!(
-            matches!(&e, DecodeError::Payload { field, .. } if field == "device"),
+            matches!(&e, DecodeError::Payload { field, .. } if field == "/device"),
             "{e}"
         );
         // Lifting may be 0 (an explicit "no lifting").

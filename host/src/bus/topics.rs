@@ -18,6 +18,10 @@
 //!
 //! Every id that becomes a topic level (controller, session, device) is checked here, so no id
 //! can smuggle a `/`, a wildcard or an empty level into a topic.
+//!
+//! [`TopicKind`] is the table above as code: pattern, publisher, QoS and retain flag.
+
+use super::Qos;
 
 /// The first two levels of every topic: the product and the contract version.
 pub const PREFIX: &str = "modalis/v1";
@@ -89,12 +93,127 @@ pub enum Topic {
 }
 
 impl Topic {
+    /// Which kind of topic this is (its row in the topic table).
+    pub fn kind(&self) -> TopicKind {
+        match self {
+            Topic::State => TopicKind::State,
+            Topic::SessionStatus { .. } => TopicKind::SessionStatus,
+            Topic::DoseReport { .. } => TopicKind::DoseReport,
+            Topic::DeviceCommand { .. } => TopicKind::DeviceCommand,
+            Topic::DeviceAck { .. } => TopicKind::DeviceAck,
+            Topic::DeviceTelemetry { .. } => TopicKind::DeviceTelemetry,
+            Topic::Alarm => TopicKind::Alarm,
+            Topic::Estop => TopicKind::Estop,
+            Topic::SimFault { .. } => TopicKind::SimFault,
+        }
+    }
+
     /// Whether messages on this topic are published retained (the latest value is what a late
     /// subscriber needs: presence, session status, the dose report).
     pub fn retained(&self) -> bool {
+        self.kind().retained()
+    }
+}
+
+/// Who publishes on a kind of topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Publisher {
+    /// The modalis controller (and, for `state`, the broker with the controller's last will).
+    Controller,
+    /// A device (or the simulator standing in for one).
+    Device,
+    /// Any authorised e-stop panel or client.
+    Panel,
+    /// An operator or a test, for the device simulator only.
+    Operator,
+}
+
+/// The topic table: one row per kind of topic, with its pattern, publisher, QoS and retain
+/// flag. Publishers take QoS and retain from here, and the AsyncAPI document
+/// ([`super::asyncapi`]) is generated from it, so the two cannot disagree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TopicKind {
+    /// `state`.
+    State,
+    /// `session/{session}/status`.
+    SessionStatus,
+    /// `session/{session}/dose-report`.
+    DoseReport,
+    /// `device/{device}/command`.
+    DeviceCommand,
+    /// `device/{device}/ack`.
+    DeviceAck,
+    /// `device/{device}/telemetry`.
+    DeviceTelemetry,
+    /// `alarm`.
+    Alarm,
+    /// `estop`.
+    Estop,
+    /// `sim/{device}/fault`.
+    SimFault,
+}
+
+impl TopicKind {
+    /// Every kind, in the order of the table above.
+    pub const ALL: [TopicKind; 9] = [
+        TopicKind::State,
+        TopicKind::SessionStatus,
+        TopicKind::DoseReport,
+        TopicKind::DeviceCommand,
+        TopicKind::DeviceAck,
+        TopicKind::DeviceTelemetry,
+        TopicKind::Alarm,
+        TopicKind::Estop,
+        TopicKind::SimFault,
+    ];
+
+    /// The topic below `modalis/v1/{controller}/`, with its id levels as `{session}` or
+    /// `{device}` (AsyncAPI's channel parameter syntax).
+    pub fn pattern(self) -> &'static str {
+        match self {
+            TopicKind::State => "state",
+            TopicKind::SessionStatus => "session/{session}/status",
+            TopicKind::DoseReport => "session/{session}/dose-report",
+            TopicKind::DeviceCommand => "device/{device}/command",
+            TopicKind::DeviceAck => "device/{device}/ack",
+            TopicKind::DeviceTelemetry => "device/{device}/telemetry",
+            TopicKind::Alarm => "alarm",
+            TopicKind::Estop => "estop",
+            TopicKind::SimFault => "sim/{device}/fault",
+        }
+    }
+
+    /// Who publishes on it.
+    pub fn publisher(self) -> Publisher {
+        match self {
+            TopicKind::State
+            | TopicKind::SessionStatus
+            | TopicKind::DoseReport
+            | TopicKind::DeviceCommand
+            | TopicKind::Alarm => Publisher::Controller,
+            TopicKind::DeviceAck | TopicKind::DeviceTelemetry => Publisher::Device,
+            TopicKind::Estop => Publisher::Panel,
+            TopicKind::SimFault => Publisher::Operator,
+        }
+    }
+
+    /// The QoS messages are published with. Telemetry is QoS 0: a reading is superseded by
+    /// the next one within a second, and staleness is watched by the governor; everything
+    /// else is acted on or audited and goes at least once.
+    pub fn qos(self) -> Qos {
+        match self {
+            TopicKind::DeviceTelemetry => Qos::AtMostOnce,
+            _ => Qos::AtLeastOnce,
+        }
+    }
+
+    /// Whether messages are published retained (the latest value is what a late subscriber
+    /// needs: presence, session status, the dose report). Nothing that is acted on is
+    /// retained: a retained command or e-stop would be replayed to every new subscriber.
+    pub fn retained(self) -> bool {
         matches!(
             self,
-            Topic::State | Topic::SessionStatus { .. } | Topic::DoseReport { .. }
+            TopicKind::State | TopicKind::SessionStatus | TopicKind::DoseReport
         )
     }
 }
@@ -338,11 +457,21 @@ mod tests {
                 device: "tens-2ch".into(),
             },
         ];
+        let mut kinds = Vec::new();
         for topic in all {
             let s = t.render(&topic).expect("renders");
             assert!(s.starts_with("modalis/v1/clinic-1/"), "{s}");
             assert_eq!(t.parse(&s).expect("parses"), topic, "{s}");
+            // The table's pattern is the rendered topic with its ids as placeholders.
+            let pattern = format!("modalis/v1/clinic-1/{}", topic.kind().pattern())
+                .replace("{session}", "s-1")
+                .replace("{device}", "tens-2ch");
+            assert_eq!(pattern, s, "{:?}", topic.kind());
+            assert_eq!(topic.retained(), topic.kind().retained());
+            kinds.push(topic.kind());
         }
+        kinds.sort();
+        assert_eq!(kinds, TopicKind::ALL, "one sample per kind");
         assert_eq!(
             t.device_telemetry("pads").expect("valid"),
             "modalis/v1/clinic-1/device/pads/telemetry"

@@ -46,7 +46,7 @@ use crate::bus::payload::{
     DeviceCommand, DeviceTelemetry, DoseReportMessage, Inbound, LeaseGrant, NextStep,
     PluginTrustState, Presence, Sequencer, SessionState, SessionStatus, StepRef, wall_clock_ms,
 };
-use crate::bus::topics::{Topics, check_id};
+use crate::bus::topics::{TopicKind, Topics, check_id};
 use crate::bus::{Bus, BusConfig, BusEvent, BusHandle, Inbox, OutboundMessage, Qos};
 use crate::plugin::signing::{SignatureError, TrustStore};
 use crate::plugin::{Plugin, PluginRuntime, RuntimeConfig};
@@ -875,14 +875,14 @@ impl Core {
         bus_cfg.last_will = Some(OutboundMessage::json(
             topics.state(),
             &state(Presence::Offline),
-            Qos::AtLeastOnce,
-            true,
+            TopicKind::State.qos(),
+            TopicKind::State.retained(),
         )?);
         bus_cfg.birth = Some(OutboundMessage::json(
             topics.state(),
             &state(Presence::Online),
-            Qos::AtLeastOnce,
-            true,
+            TopicKind::State.qos(),
+            TopicKind::State.retained(),
         )?);
         let broker = bus_cfg.broker.to_string();
         let bus_cancel = CancellationToken::new();
@@ -1417,7 +1417,7 @@ impl Core {
             }
             match self
                 .bus
-                .publish(&topic, &cmd, Qos::AtLeastOnce, false)
+                .publish_as(TopicKind::DeviceCommand, &topic, &cmd)
                 .await
             {
                 Ok(()) => {
@@ -1543,7 +1543,7 @@ impl Core {
         }
         if self
             .bus
-            .publish(&self.topics.alarm(), &msg, Qos::AtLeastOnce, false)
+            .publish_as(TopicKind::Alarm, &self.topics.alarm(), &msg)
             .await
             .is_err()
         {
@@ -2530,7 +2530,7 @@ impl Core {
         };
         if self
             .bus
-            .publish(&topic, &msg, Qos::AtLeastOnce, true)
+            .publish_as(TopicKind::DoseReport, &topic, &msg)
             .await
             .is_err()
         {
@@ -2576,7 +2576,7 @@ impl Core {
         };
         if self
             .bus
-            .publish(&topic, &msg, Qos::AtLeastOnce, true)
+            .publish_as(TopicKind::SessionStatus, &topic, &msg)
             .await
             .is_err()
         {
@@ -2651,7 +2651,7 @@ impl Core {
         };
         let _ = self
             .bus
-            .publish(&self.topics.state(), &state, Qos::AtLeastOnce, true)
+            .publish_as(TopicKind::State, &self.topics.state(), &state)
             .await;
         let e = Entry::new(
             Actor::Controller,

@@ -16,7 +16,8 @@ use crate::bus::payload::{
     AckOutcome, CommandAck, CommandAction, DeviceCommand, DeviceTelemetry, Inbound, LeaseGrant,
     Sequencer, SimFaultMessage,
 };
-use crate::bus::{BusEvent, BusHandle, Inbox, Qos};
+use crate::bus::topics::TopicKind;
+use crate::bus::{BusEvent, BusHandle, Inbox};
 
 /// How many recent command ids a device remembers to answer MQTT redeliveries.
 const REMEMBERED_COMMANDS: usize = 256;
@@ -516,7 +517,11 @@ impl SimDevice {
                 delivering,
                 lease_id,
             };
-            match self.bus.publish(&topic, &msg, Qos::AtMostOnce, false).await {
+            match self
+                .bus
+                .publish_as(TopicKind::DeviceTelemetry, &topic, &msg)
+                .await
+            {
                 Ok(()) => self.telemetry += 1,
                 Err(e) => tracing::debug!(device = %self.id, error = %e, "telemetry not sent"),
             }
@@ -529,7 +534,7 @@ impl SimDevice {
         };
         match self
             .bus
-            .publish(&topic, &ack, Qos::AtLeastOnce, false)
+            .publish_as(TopicKind::DeviceAck, &topic, &ack)
             .await
         {
             Ok(()) => self.acks += 1,

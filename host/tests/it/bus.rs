@@ -436,14 +436,20 @@ async fn invalid_payload_rejected(broker: TestBroker) {
     }
     let before = ctl.handle.stats().rejected;
 
-    let bad: [(&str, &[u8]); 3] = [
-        ("(document)", b"{not json"),
+    // (where, as the error shows the JSON pointer; the payload). The schema check at the
+    // boundary names the pointer; the checks against the topic come after it.
+    let bad: [(&str, &[u8]); 4] = [
+        ("at (document)", b"{not json"),
         (
-            "measurement.value",
+            "at /measurement/value",
             br#"{"seq":1,"ts_ms":1,"device":"pads","channel":"pad-1","measurement":{"kind":"skin_temp_c","value":"hot"},"delivering":true,"lease_id":null}"#,
         ),
         (
-            "device",
+            "at /delivering",
+            br#"{"seq":1,"ts_ms":1,"device":"pads","channel":"pad-1","measurement":{"kind":"skin_temp_c","value":33.0},"lease_id":null}"#,
+        ),
+        (
+            "at /device",
             br#"{"seq":1,"ts_ms":1,"device":"lamp","channel":"pad-1","measurement":{"kind":"skin_temp_c","value":33.0},"delivering":true,"lease_id":null}"#,
         ),
     ];
@@ -470,7 +476,7 @@ async fn invalid_payload_rejected(broker: TestBroker) {
         assert!(text.contains(&topic), "{name}: {text}");
         assert!(text.contains(field), "{name}: {text}");
     }
-    assert_eq!(ctl.handle.stats().rejected - before, 3, "{name}");
+    assert_eq!(ctl.handle.stats().rejected - before, 4, "{name}");
 
     // A valid message still comes through afterwards.
     dev.handle
