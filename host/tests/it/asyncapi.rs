@@ -494,6 +494,7 @@ async fn capture() {
         operator: "demo".into(),
         yes: true,
         plugins: modalis::runner::bundled_plugins(),
+        plugin_trust: modalis::controller::PluginTrust::development().expect("dev key"),
     };
     let run_cancel = CancellationToken::new();
     let run = tokio::spawn(modalis::runner::run(opts, run_cancel.clone()));
