@@ -47,15 +47,22 @@ fn free_port() -> u16 {
 impl Mosquitto {
     /// Starts mosquitto on a free port and waits until it accepts connections.
     pub fn start() -> Mosquitto {
+        Mosquitto::start_with(
+            "user controller\ntopic readwrite modalis/#\n\n\
+             user device\ntopic readwrite modalis/#\n\n\
+             user dashboard\ntopic read modalis/#\n",
+            &[CONTROLLER_USER, DEVICE_USER, DASHBOARD_USER],
+        )
+    }
+
+    /// Starts mosquitto with this ACL and these users.
+    pub fn start_with(acl_text: &str, users: &[(&str, &str)]) -> Mosquitto {
         let dir = tempfile::tempdir().expect("tempdir");
         // mosquitto started as root drops to the `mosquitto` user and then refuses files it
         // cannot read (design brief): make the directory and files readable.
         set_mode(dir.path(), 0o755);
         let passwd = dir.path().join("passwd");
-        for (i, (user, pass)) in [CONTROLLER_USER, DEVICE_USER, DASHBOARD_USER]
-            .iter()
-            .enumerate()
-        {
+        for (i, (user, pass)) in users.iter().enumerate() {
             let mut cmd = Command::new("mosquitto_passwd");
             cmd.arg("-b");
             if i == 0 {
@@ -73,13 +80,7 @@ impl Mosquitto {
         }
         set_mode(&passwd, 0o644);
         let acl = dir.path().join("acl");
-        std::fs::write(
-            &acl,
-            "user controller\ntopic readwrite modalis/#\n\n\
-             user device\ntopic readwrite modalis/#\n\n\
-             user dashboard\ntopic read modalis/#\n",
-        )
-        .expect("acl written");
+        std::fs::write(&acl, acl_text).expect("acl written");
         set_mode(&acl, 0o644);
         let port = free_port();
         let conf = dir.path().join("mosquitto.conf");

@@ -1,5 +1,6 @@
 //! The host's integration tests: one binary (matklad's "delete cargo integration tests").
 
+mod acl;
 mod asyncapi;
 mod bus;
 mod cli;
