@@ -26,6 +26,9 @@
 //! clinician = "Dr. A"
 //! ```
 
+use std::sync::LazyLock;
+
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use modalis_sdk::{BodySite, ModalityKind, Sensation};
@@ -33,7 +36,7 @@ use modalis_sdk::{BodySite, ModalityKind, Sensation};
 use crate::load::{LoadError, from_toml};
 
 /// Sensation recorded at a site.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SensationEntry {
     /// The site (a region covers the points inside it).
@@ -43,7 +46,7 @@ pub struct SensationEntry {
 }
 
 /// A contraindication or precaution-relevant condition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ConditionKind {
     /// Demand pacemaker (whole body).
@@ -106,7 +109,7 @@ impl ConditionKind {
 }
 
 /// One recorded condition.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Condition {
     /// What.
@@ -120,7 +123,7 @@ pub struct Condition {
 }
 
 /// Dose already delivered today at a site (earlier sessions), so the ledger spans sessions.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveredDose {
     /// The site.
@@ -140,7 +143,7 @@ pub struct DeliveredDose {
 
 /// A precaution that needs an explicit override (clinical-facts.md 'Contraindications by
 /// modality', precaution column).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Precaution {
     /// Decreased (reduced or absent) sensation at the site: optical, heat, TENS ("poorly
@@ -170,7 +173,7 @@ impl Precaution {
 }
 
 /// The clinician's explicit, reasoned decision to go ahead despite a precaution.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PrecautionOverride {
     /// Which precaution.
@@ -187,8 +190,12 @@ pub struct PrecautionOverride {
     pub clinician: String,
 }
 
+/// The patient context file's validator, compiled once for every context loaded.
+static PATIENT_SCHEMA: LazyLock<jsonschema::Validator> =
+    LazyLock::new(crate::schema::compile::<PatientContext>);
+
 /// The trusted patient context.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatientContext {
     /// Pseudonymous id (no names in modalis).
@@ -226,7 +233,7 @@ impl PatientContext {
 
     /// Reads and validates a patient context from TOML text; `origin` names it in errors.
     pub fn from_toml_str(text: &str, origin: &str) -> Result<PatientContext, LoadError> {
-        let p: PatientContext = from_toml(text, origin)?;
+        let p: PatientContext = from_toml(text, origin, &PATIENT_SCHEMA)?;
         p.validate(origin)?;
         Ok(p)
     }
