@@ -11,6 +11,7 @@ pub mod controller;
 pub mod plugin;
 pub mod protocol;
 pub mod runner;
+pub mod schemas;
 pub mod session;
 pub mod shutdown;
 pub mod sim;

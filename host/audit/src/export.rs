@@ -41,6 +41,7 @@ impl ExportFilter {
 /// One exported record (JSON Lines). The chain fields come last so that a reader can check
 /// the chain with the layout documented in `record.rs`.
 #[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "AuditExportRecord")]
 pub struct ExportLine<'a> {
     /// Position in the log, dense from 0.
     pub seq: u64,
