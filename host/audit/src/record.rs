@@ -183,45 +183,93 @@ pub enum Severity {
 pub enum Event {
     /// The controller started, with hashes of the configuration and device profiles it runs.
     ControllerStart {
+        /// The controller's version.
         version: String,
+        /// SHA-256 of its configuration, lowercase hex.
         config_sha256: String,
+        /// SHA-256 of the device profiles it runs, lowercase hex.
         profiles_sha256: String,
     },
     /// The controller is stopping.
-    ControllerStop { reason: String },
+    ControllerStop {
+        /// Why.
+        reason: String,
+    },
     /// A plugin was loaded.
     PluginLoaded {
+        /// The plugin id.
         plugin_id: String,
+        /// The plugin's version.
         version: String,
+        /// SHA-256 of the plugin's wasm, lowercase hex.
         wasm_sha256: String,
     },
     /// A protocol file was loaded.
     ProtocolLoaded {
+        /// The protocol's name or id.
         protocol_id: String,
+        /// SHA-256 of the protocol file, lowercase hex.
         protocol_sha256: String,
     },
     /// One pre-check verdict on a session plan (the rule and details in the payload).
-    PreCheck { check: String, verdict: Verdict },
+    PreCheck {
+        /// The check (rule id).
+        check: String,
+        /// Its verdict.
+        verdict: Verdict,
+    },
     /// The dose report shown to the operator before arming (the report in the payload).
     DoseReport,
     /// An operator action on a session.
-    OperatorAction { action: OperatorAction },
+    OperatorAction {
+        /// Which.
+        action: OperatorAction,
+    },
     /// An operator override of a warning or limit; the reason is mandatory.
-    Override { what: String, reason: String },
+    Override {
+        /// What was overridden.
+        what: String,
+        /// Why (mandatory).
+        reason: String,
+    },
     /// A command to a device, recorded before it is published.
-    Command { command_id: String },
+    Command {
+        /// The command's id, as in the MQTT command and its ack.
+        command_id: String,
+    },
     /// A device acknowledged (or refused) a command.
-    CommandAck { command_id: String },
+    CommandAck {
+        /// The acknowledged command's id.
+        command_id: String,
+    },
     /// A governor decision.
-    GovernorDecision { rule: String, decision: Decision },
+    GovernorDecision {
+        /// The rule id that decided.
+        rule: String,
+        /// What it decided.
+        decision: Decision,
+    },
     /// An alarm was raised.
-    Alarm { code: String, severity: Severity },
+    Alarm {
+        /// The alarm code.
+        code: String,
+        /// How bad it is.
+        severity: Severity,
+    },
     /// Telemetry from a device (one sample or a device's own batch, in the payload).
     Telemetry,
     /// The MQTT broker connection went up or down.
-    BrokerConnection { broker: String, connected: bool },
+    BrokerConnection {
+        /// The broker's address.
+        broker: String,
+        /// Whether the connection is now up.
+        connected: bool,
+    },
     /// A session ended (completed, aborted, failed); the reason says which.
-    SessionEnded { reason: String },
+    SessionEnded {
+        /// Why it ended.
+        reason: String,
+    },
 }
 
 impl Event {
