@@ -40,6 +40,7 @@ use crate::load::{LoadError, from_toml};
 #[serde(deny_unknown_fields)]
 pub struct SensationEntry {
     /// The site (a region covers the points inside it).
+    #[schemars(with = "crate::schema::SiteName")]
     pub site: BodySite,
     /// Sensation there.
     pub sensation: Sensation,
@@ -116,6 +117,7 @@ pub struct Condition {
     pub kind: ConditionKind,
     /// Where, for conditions located at a site.
     #[serde(default)]
+    #[schemars(with = "Option<crate::schema::SiteName>")]
     pub site: Option<BodySite>,
     /// Free text for the clinician.
     #[serde(default)]
@@ -127,6 +129,7 @@ pub struct Condition {
 #[serde(deny_unknown_fields)]
 pub struct DeliveredDose {
     /// The site.
+    #[schemars(with = "crate::schema::SiteName")]
     pub site: BodySite,
     /// The modality that delivered it.
     pub modality: ModalityKind,
@@ -183,6 +186,7 @@ pub struct PrecautionOverride {
     pub modality: Option<ModalityKind>,
     /// Only at this site (and sites overlapping it; any when absent).
     #[serde(default)]
+    #[schemars(with = "Option<crate::schema::SiteName>")]
     pub site: Option<BodySite>,
     /// Why: required, non-empty; shown in the dose report and audited.
     pub reason: String,

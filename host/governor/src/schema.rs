@@ -13,6 +13,29 @@ use std::ops::Range;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
+/// The schema of a body site as a configuration file may write it. The SDK's `BodySite`
+/// schema describes the canonical form the host writes (`ST36:left`); the loaders parse more
+/// leniently (any case, `l`/`r`/`m`, `centre`, spaces around the parts, `-` for `_`), and a
+/// file's schema must not refuse what its loader accepts. Which locations exist is the
+/// loader's check (the acupoint table is too long for a pattern).
+#[derive(Debug)]
+pub struct SiteName;
+
+impl schemars::JsonSchema for SiteName {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "SiteName".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A body site as LOCATION:side, where LOCATION is a body region (e.g. foot_dorsum, lower_leg_lateral) or a WHO acupuncture point code (e.g. ST36, EX-LE10-1) and side is left, right or midline (any case; l, r, m, centre and center also accepted).",
+            "examples": ["ST36:left", "foot_dorsum:right", "EX-LE10-1:left"],
+            "type": "string",
+            "pattern": "^\\s*[A-Za-z0-9_-]+\\s*:\\s*([Ll]([Ee][Ff][Tt])?|[Rr]([Ii][Gg][Hh][Tt])?|[Mm]([Ii][Dd][Ll][Ii][Nn][Ee])?|[Cc][Ee][Nn][Tt]([Rr][Ee]|[Ee][Rr]))\\s*$"
+        })
+    }
+}
+
 /// A value that breaks its file's schema.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
@@ -219,6 +242,29 @@ mod tests {
         match DeTable::parse(DOC) {
             Ok(t) => t,
             Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn the_site_schema_accepts_what_the_site_parser_accepts() {
+        let v = compile::<SiteName>();
+        for site in [
+            "ST36:left",
+            "st36:Left",
+            "foot-dorsum:r",
+            " foot_dorsum : RIGHT ",
+            "lower_back:m",
+            "lower_back:centre",
+            "lower-back:Center",
+        ] {
+            assert!(
+                site.parse::<modalis_sdk::BodySite>().is_ok(),
+                "{site} parses"
+            );
+            assert!(v.is_valid(&serde_json::json!(site)), "{site} validates");
+        }
+        for site in ["ST36", "ST36:up", "ST36:lefty", ":left", "ST36:left:right"] {
+            assert!(!v.is_valid(&serde_json::json!(site)), "{site} is refused");
         }
     }
 

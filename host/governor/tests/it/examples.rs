@@ -400,4 +400,11 @@ fn load_errors_carry_the_json_pointer_of_the_field() {
         ),
         "{e}"
     );
+
+    // The schema accepts what the site parser accepts: a lenient spelling still loads.
+    let p = PatientContext::from_toml_str(
+        "id = \"P\"\n[[sensation]]\nsite = \"st36:Left\"\nsensation = \"absent\"\n",
+        "patients/p.toml",
+    );
+    assert!(p.is_ok(), "{p:?}");
 }
