@@ -39,6 +39,12 @@ pub enum Command {
     Run(RunArgs),
     /// Simulate the devices of a protocol or of device profiles over MQTT.
     Sim(crate::sim::cli::SimArgs),
+    /// Print a published JSON Schema (protocol files, device profiles, patient contexts, MQTT
+    /// payloads, ...); without NAME, list the names.
+    Schema {
+        /// The schema, e.g. `protocol` or `mqtt/device-telemetry` (as listed).
+        name: Option<String>,
+    },
 }
 
 /// `modalis demo`
@@ -193,6 +199,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit(cmd) => modalis_audit::cli::run(cmd),
         Command::Demo(args) => demo(&runtime(&cache)?, args, &cache),
         Command::Run(args) => run_cmd(args, &cache),
+        Command::Schema { name } => schema_cmd(&cache, name.as_deref()),
         Command::Sim(args) => tokio_runtime()?.block_on(async {
             let cancel = CancellationToken::new();
             crate::shutdown::cancel_on_signals(cancel.clone());
@@ -266,6 +273,40 @@ fn example_protocol() -> PathBuf {
 
 fn runtime(cache: &Path) -> anyhow::Result<PluginRuntime> {
     PluginRuntime::new(RuntimeConfig::new(cache)).context("starting the plugin runtime")
+}
+
+/// `modalis schema [NAME]`. The bundled plugins are loaded only when their parameter
+/// schemas are needed (listing, or a name that is not one of the others).
+fn schema_cmd(cache: &Path, name: Option<&str>) -> anyhow::Result<ExitCode> {
+    let with_plugins = || -> anyhow::Result<Vec<crate::schemas::SchemaEntry>> {
+        Ok(crate::schemas::with_plugins(&runtime(cache)?)?)
+    };
+    let Some(name) = name else {
+        for e in with_plugins()? {
+            println!("{}", e.name);
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let wanted = crate::schemas::normalise_name(name);
+    let mut entries = crate::schemas::all();
+    if !entries.iter().any(|e| e.name == wanted) {
+        entries = with_plugins()?;
+    }
+    match entries.iter().find(|e| e.name == wanted) {
+        Some(e) => {
+            print!("{}", e.text());
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+            eprintln!(
+                "error: no schema named {name:?} (expected one of: {})",
+                names.join(", ")
+            );
+            // A usage error, like clap's own.
+            Ok(ExitCode::from(2))
+        }
+    }
 }
 
 fn inspect(rt: &PluginRuntime, file: &Path, json: bool) -> anyhow::Result<ExitCode> {

@@ -13,6 +13,7 @@ pub mod plugin;
 pub mod protocol;
 pub mod runner;
 pub mod scaffold;
+pub mod schemas;
 pub mod session;
 pub mod shutdown;
 pub mod signing_cli;

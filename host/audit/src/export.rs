@@ -4,6 +4,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::error::AuditError;
@@ -39,21 +40,35 @@ impl ExportFilter {
 
 /// One exported record (JSON Lines). The chain fields come last so that a reader can check
 /// the chain with the layout documented in `record.rs`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "AuditExportRecord")]
 pub struct ExportLine<'a> {
+    /// Position in the log, dense from 0.
     pub seq: u64,
     /// RFC 3339, UTC, milliseconds.
     pub time: String,
+    /// Wall-clock time the event was appended, Unix milliseconds.
     pub wall_ms: u64,
+    /// Monotonic time the event was appended, nanoseconds since this controller run opened
+    /// the log.
     pub mono_ns: u64,
+    /// The controller id that wrote the record.
     pub controller: &'a str,
+    /// Who caused the event.
     pub actor: &'a Actor,
+    /// The session the record concerns, if any.
     pub session: &'a Option<String>,
+    /// The device the record concerns, if any.
     pub device: &'a Option<String>,
+    /// What happened.
     pub event: &'a Event,
+    /// How it came out.
     pub outcome: Outcome,
+    /// Details that differ by modality or plugin.
     pub payload: &'a serde_json::Value,
+    /// Hash of record `seq - 1` (64 zeros for record 0).
     pub prev: ChainHash,
+    /// This record's chain hash.
     pub hash: ChainHash,
 }
 

@@ -22,6 +22,7 @@
 
 use std::fmt;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
@@ -83,6 +84,21 @@ impl<'de> Deserialize<'de> for ChainHash {
     }
 }
 
+// By hand: the derive would describe the byte array, not the hex string it serialises as.
+impl JsonSchema for ChainHash {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ChainHash".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A SHA-256 chain hash as 64 lowercase hex characters.",
+            "type": "string",
+            "pattern": "^[0-9a-f]{64}$"
+        })
+    }
+}
+
 /// `SHA-256(CHAIN_DOMAIN || prev || body)`.
 pub fn chain_hash(prev: &ChainHash, body: &[u8]) -> ChainHash {
     let mut h = Sha256::new();
@@ -93,21 +109,32 @@ pub fn chain_hash(prev: &ChainHash, body: &[u8]) -> ChainHash {
 }
 
 /// Who caused the event.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Actor {
     /// A person at the controller, by their operator id.
-    Operator { id: String },
+    Operator {
+        /// The operator id.
+        id: String,
+    },
     /// A modality plugin, with the SHA-256 of the exact wasm it ran.
-    Plugin { id: String, wasm_sha256: String },
+    Plugin {
+        /// The plugin id.
+        id: String,
+        /// SHA-256 of the plugin's wasm, lowercase hex.
+        wasm_sha256: String,
+    },
     /// A device, by its id (telemetry, acks).
-    Device { id: String },
+    Device {
+        /// The device id.
+        id: String,
+    },
     /// The controller itself (start, stop, governor decisions, alarms).
     Controller,
 }
 
 /// Operator actions that need no reason (an override does, see [`Event::Override`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OperatorAction {
     Arm,
@@ -120,7 +147,7 @@ pub enum OperatorAction {
 }
 
 /// A pre-check verdict.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     Pass,
@@ -129,7 +156,7 @@ pub enum Verdict {
 }
 
 /// What the governor decided about a command or a running session.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Decision {
     /// The command may go to the device as proposed.
@@ -141,7 +168,7 @@ pub enum Decision {
 }
 
 /// How bad an alarm is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
     Info,
@@ -151,50 +178,98 @@ pub enum Severity {
 
 /// The closed set of things the audit log records. Details that differ by modality or
 /// plugin go in the record's JSON payload; the fields here are what an auditor filters on.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Event {
     /// The controller started, with hashes of the configuration and device profiles it runs.
     ControllerStart {
+        /// The controller's version.
         version: String,
+        /// SHA-256 of its configuration, lowercase hex.
         config_sha256: String,
+        /// SHA-256 of the device profiles it runs, lowercase hex.
         profiles_sha256: String,
     },
     /// The controller is stopping.
-    ControllerStop { reason: String },
+    ControllerStop {
+        /// Why.
+        reason: String,
+    },
     /// A plugin was loaded.
     PluginLoaded {
+        /// The plugin id.
         plugin_id: String,
+        /// The plugin's version.
         version: String,
+        /// SHA-256 of the plugin's wasm, lowercase hex.
         wasm_sha256: String,
     },
     /// A protocol file was loaded.
     ProtocolLoaded {
+        /// The protocol's name or id.
         protocol_id: String,
+        /// SHA-256 of the protocol file, lowercase hex.
         protocol_sha256: String,
     },
     /// One pre-check verdict on a session plan (the rule and details in the payload).
-    PreCheck { check: String, verdict: Verdict },
+    PreCheck {
+        /// The check (rule id).
+        check: String,
+        /// Its verdict.
+        verdict: Verdict,
+    },
     /// The dose report shown to the operator before arming (the report in the payload).
     DoseReport,
     /// An operator action on a session.
-    OperatorAction { action: OperatorAction },
+    OperatorAction {
+        /// Which.
+        action: OperatorAction,
+    },
     /// An operator override of a warning or limit; the reason is mandatory.
-    Override { what: String, reason: String },
+    Override {
+        /// What was overridden.
+        what: String,
+        /// Why (mandatory).
+        reason: String,
+    },
     /// A command to a device, recorded before it is published.
-    Command { command_id: String },
+    Command {
+        /// The command's id, as in the MQTT command and its ack.
+        command_id: String,
+    },
     /// A device acknowledged (or refused) a command.
-    CommandAck { command_id: String },
+    CommandAck {
+        /// The acknowledged command's id.
+        command_id: String,
+    },
     /// A governor decision.
-    GovernorDecision { rule: String, decision: Decision },
+    GovernorDecision {
+        /// The rule id that decided.
+        rule: String,
+        /// What it decided.
+        decision: Decision,
+    },
     /// An alarm was raised.
-    Alarm { code: String, severity: Severity },
+    Alarm {
+        /// The alarm code.
+        code: String,
+        /// How bad it is.
+        severity: Severity,
+    },
     /// Telemetry from a device (one sample or a device's own batch, in the payload).
     Telemetry,
     /// The MQTT broker connection went up or down.
-    BrokerConnection { broker: String, connected: bool },
+    BrokerConnection {
+        /// The broker's address.
+        broker: String,
+        /// Whether the connection is now up.
+        connected: bool,
+    },
     /// A session ended (completed, aborted, failed); the reason says which.
-    SessionEnded { reason: String },
+    SessionEnded {
+        /// Why it ended.
+        reason: String,
+    },
 }
 
 impl Event {
@@ -221,7 +296,7 @@ impl Event {
 }
 
 /// How the event came out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// It happened as intended.

@@ -49,6 +49,7 @@ pub mod precheck;
 pub mod profile;
 pub mod report;
 pub mod rules;
+pub mod schema;
 mod site;
 pub mod supervisor;
 pub mod verdict;

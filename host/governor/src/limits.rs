@@ -10,6 +10,7 @@
 //! direction: if a standard turns out to allow more, the default is changed here, in review,
 //! never in a profile.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use modalis_sdk::{ModalityKind, Sensation};
@@ -312,7 +313,7 @@ macro_rules! limits_table {
 
         /// Clinic overrides, per device profile (`[limits]`) or governor-wide. Each may only
         /// make its limit stricter.
-        #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
         #[serde(deny_unknown_fields)]
         pub struct LimitOverrides {
             $($(#[$doc])* #[serde(default, skip_serializing_if = "Option::is_none")] pub $field: Option<$ty>,)*
@@ -597,7 +598,9 @@ pub fn skin_mpe_mw_per_cm2(wavelength_nm: f64, exposure_s: f64, area_cm2: f64) -
 }
 
 /// The laser class derived from the maximum output (IEC 60825-1 [S]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum LaserClass {
     /// Class 3R or below (at most 5 mW).

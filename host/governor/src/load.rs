@@ -2,12 +2,18 @@
 //!
 //! The governor does no I/O: callers read the file and hand over its text plus a name (the
 //! path) that errors will carry.
+//!
+//! Each file is checked against its published JSON Schema (`schemas/`) as well as
+//! deserialised, so that what the schema promises integrators is what the loader accepts.
 
 use serde::de::DeserializeOwned;
 
+use crate::schema;
+
 /// A configuration file that could not be read or is not valid. It names the file, the field
-/// (as a TOML path such as `channels[0].optical.max_power_mw`), the line and column where the
-/// TOML parser located the problem, and what was expected.
+/// (as a TOML path such as `channels[0].optical.max_power_mw`, and as the JSON pointer
+/// `/channels/0/optical/max_power_mw` into the file's schema), the line and column where the
+/// problem is written, and what was expected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadError {
     /// The name the caller gave the text (usually its path).
@@ -32,7 +38,7 @@ impl std::fmt::Display for LoadError {
             }
         }
         if !self.field.is_empty() {
-            write!(f, ": {}", self.field)?;
+            write!(f, ": {} (at {})", self.field, self.pointer())?;
         }
         write!(f, ": {}", self.message)
     }
@@ -41,6 +47,14 @@ impl std::fmt::Display for LoadError {
 impl std::error::Error for LoadError {}
 
 impl LoadError {
+    /// The field as a JSON pointer into the document, as the file's JSON Schema sees it
+    /// (`/channels/0/optical/max_power_mw`); empty for the document as a whole. Derived from
+    /// [`LoadError::field`], which is exact because every key in these files is a fixed field
+    /// name (no `.` or `[` in it); kept out of the struct so the error stays small.
+    pub fn pointer(&self) -> String {
+        schema::pointer_of_toml_path(&self.field)
+    }
+
     /// An error about a field, found after parsing (no position).
     pub(crate) fn field(
         origin: &str,
@@ -66,15 +80,44 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
-/// Deserialises `text` as TOML into `T`, with the field path and position of any error.
-pub(crate) fn from_toml<T: DeserializeOwned>(text: &str, origin: &str) -> Result<T, LoadError> {
+/// Deserialises `text` as TOML into `T` and checks it against `T`'s JSON Schema (`schema`,
+/// compiled once by the caller), with the field path, JSON pointer and position of any error.
+///
+/// Both run on every file. When serde refuses the file its error wins: it is located by the
+/// parser and says precisely what was expected (an unknown key's message lists the known
+/// ones). A file serde accepts but the schema refuses gets the schema's message.
+pub(crate) fn from_toml<T: DeserializeOwned>(
+    text: &str,
+    origin: &str,
+    validator: &jsonschema::Validator,
+) -> Result<T, LoadError> {
+    let violation = schema::toml_to_json(text).and_then(|v| schema::first_violation(validator, &v));
     let de =
         toml::Deserializer::parse(text).map_err(|e| toml_error(text, origin, String::new(), &e))?;
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value = serde_path_to_error::deserialize(de).map_err(|e| {
         let field = e.path().to_string();
         let field = if field == "." { String::new() } else { field };
         toml_error(text, origin, field, e.inner())
-    })
+    })?;
+    match violation {
+        None => Ok(value),
+        Some(v) => {
+            let (line, column) = match toml::de::DeTable::parse(text) {
+                Ok(tree) => {
+                    let (l, c) = line_col(text, schema::pointer_span(&tree, &v.pointer).start);
+                    (Some(l), Some(c))
+                }
+                Err(_) => (None, None),
+            };
+            Err(LoadError {
+                origin: origin.to_string(),
+                field: schema::toml_path(&v.pointer),
+                line,
+                column,
+                message: v.message,
+            })
+        }
+    }
 }
 
 fn toml_error(text: &str, origin: &str, field: String, e: &toml::de::Error) -> LoadError {

@@ -26,6 +26,9 @@
 //! clinician = "Dr. A"
 //! ```
 
+use std::sync::LazyLock;
+
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use modalis_sdk::{BodySite, ModalityKind, Sensation};
@@ -33,17 +36,18 @@ use modalis_sdk::{BodySite, ModalityKind, Sensation};
 use crate::load::{LoadError, from_toml};
 
 /// Sensation recorded at a site.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SensationEntry {
     /// The site (a region covers the points inside it).
+    #[schemars(with = "crate::schema::SiteName")]
     pub site: BodySite,
     /// Sensation there.
     pub sensation: Sensation,
 }
 
 /// A contraindication or precaution-relevant condition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ConditionKind {
     /// Demand pacemaker (whole body).
@@ -106,13 +110,14 @@ impl ConditionKind {
 }
 
 /// One recorded condition.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Condition {
     /// What.
     pub kind: ConditionKind,
     /// Where, for conditions located at a site.
     #[serde(default)]
+    #[schemars(with = "Option<crate::schema::SiteName>")]
     pub site: Option<BodySite>,
     /// Free text for the clinician.
     #[serde(default)]
@@ -120,10 +125,11 @@ pub struct Condition {
 }
 
 /// Dose already delivered today at a site (earlier sessions), so the ledger spans sessions.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveredDose {
     /// The site.
+    #[schemars(with = "crate::schema::SiteName")]
     pub site: BodySite,
     /// The modality that delivered it.
     pub modality: ModalityKind,
@@ -140,7 +146,7 @@ pub struct DeliveredDose {
 
 /// A precaution that needs an explicit override (clinical-facts.md 'Contraindications by
 /// modality', precaution column).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Precaution {
     /// Decreased (reduced or absent) sensation at the site: optical, heat, TENS ("poorly
@@ -170,7 +176,7 @@ impl Precaution {
 }
 
 /// The clinician's explicit, reasoned decision to go ahead despite a precaution.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PrecautionOverride {
     /// Which precaution.
@@ -180,6 +186,7 @@ pub struct PrecautionOverride {
     pub modality: Option<ModalityKind>,
     /// Only at this site (and sites overlapping it; any when absent).
     #[serde(default)]
+    #[schemars(with = "Option<crate::schema::SiteName>")]
     pub site: Option<BodySite>,
     /// Why: required, non-empty; shown in the dose report and audited.
     pub reason: String,
@@ -187,8 +194,12 @@ pub struct PrecautionOverride {
     pub clinician: String,
 }
 
+/// The patient context file's validator, compiled once for every context loaded.
+static PATIENT_SCHEMA: LazyLock<jsonschema::Validator> =
+    LazyLock::new(crate::schema::compile::<PatientContext>);
+
 /// The trusted patient context.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatientContext {
     /// Pseudonymous id (no names in modalis).
@@ -226,7 +237,7 @@ impl PatientContext {
 
     /// Reads and validates a patient context from TOML text; `origin` names it in errors.
     pub fn from_toml_str(text: &str, origin: &str) -> Result<PatientContext, LoadError> {
-        let p: PatientContext = from_toml(text, origin)?;
+        let p: PatientContext = from_toml(text, origin, &PATIENT_SCHEMA)?;
         p.validate(origin)?;
         Ok(p)
     }

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use modalis_sdk::{BodyRegion, BodySite, ModalityKind, Sensation, SessionPlan, Setpoint, dose};
@@ -39,7 +40,9 @@ pub struct Block {
 }
 
 /// A reference to one step: its block and its index in that block's plan.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 pub struct StepRef {
     /// Block id.
     pub block_id: String,

@@ -29,6 +29,9 @@
 //! power_sensor = true
 //! ```
 
+use std::sync::LazyLock;
+
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use modalis_sdk::{ChannelKind, ModalityKind, Waveform};
@@ -60,7 +63,7 @@ pub struct DeviceProfile {
 }
 
 /// Stacking with other energy sources on one site.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CombinedUse {
     /// Whether stacking is allowed at all.
@@ -121,7 +124,7 @@ pub enum ChannelSpec {
 }
 
 /// What emits the light.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Emitter {
     /// A laser: classified, with 21 CFR 1040.10(f) controls from Class 3B up.
@@ -132,7 +135,7 @@ pub enum Emitter {
 }
 
 /// Safety hardware fitted to an optical channel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SafetyHardware {
     /// Key switch (21 CFR 1040.10(f) key control).
@@ -161,7 +164,7 @@ fn default_wavelength_tolerance_nm() -> f64 {
 }
 
 /// An optical channel's envelope.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OpticalChannel {
     /// The wavelength(s) the channel emits, nm.
@@ -212,7 +215,7 @@ impl OpticalChannel {
 }
 
 /// A heat channel's envelope.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeatChannel {
     /// Highest temperature the device can hold, C.
@@ -247,7 +250,7 @@ fn default_load_ohm() -> f64 {
 }
 
 /// An electrical stimulation channel's envelope.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ElectricalChannel {
     /// The channel's own r.m.s. current limit, mA (the 50 mA hard cap applies on top).
@@ -279,32 +282,54 @@ pub struct ElectricalChannel {
     pub impedance_monitor: bool,
 }
 
-#[derive(Debug, Deserialize)]
+/// A device profile file as written (TOML): what a device can do and which safety hardware it
+/// has. The governor checks it further on load (ids, channel kinds per modality, overrides
+/// only stricter, laser class controls).
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "DeviceProfile")]
 struct RawProfile {
+    /// Device id, unique among the governor's profiles; protocol blocks name it. Letters,
+    /// digits, '-' and '_'.
     id: String,
+    /// Human-readable name (the id when absent).
     #[serde(default)]
     name: Option<String>,
+    /// The modality the device delivers.
     modality: ModalityKind,
+    /// Its channels, at least one.
     channels: Vec<RawChannel>,
+    /// Clinic overrides of the default limits; each may only be stricter.
     #[serde(default)]
     limits: LimitOverrides,
+    /// Whether this device may share a site with another energy source at the same time.
     #[serde(default)]
     combined: Option<CombinedUse>,
 }
 
-#[derive(Debug, Deserialize)]
+/// One channel of a device profile file: its kind and the table of that kind.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Channel")]
 struct RawChannel {
+    /// Channel name, as plans name it; unique within the device.
     name: String,
+    /// What the channel emits; the table of the same name must be given.
     kind: ChannelKind,
+    /// The envelope of an optical channel (`kind = "optical"`).
     #[serde(default)]
     optical: Option<OpticalChannel>,
+    /// The envelope of a heat channel (`kind = "heat"`).
     #[serde(default)]
     heat: Option<HeatChannel>,
+    /// The envelope of an electrical stimulation channel (`kind = "electrical"`).
     #[serde(default)]
     electrical: Option<ElectricalChannel>,
 }
+
+/// The device profile file's validator, compiled once for every profile loaded.
+static PROFILE_SCHEMA: LazyLock<jsonschema::Validator> =
+    LazyLock::new(crate::schema::compile::<RawProfile>);
 
 /// The channel kinds a device of a modality may have.
 pub fn allowed_channel_kinds(modality: ModalityKind) -> &'static [ChannelKind] {
@@ -324,8 +349,13 @@ impl DeviceProfile {
     /// Reads and validates a profile from TOML text; `origin` (usually the path) names it in
     /// errors.
     pub fn from_toml_str(text: &str, origin: &str) -> Result<DeviceProfile, LoadError> {
-        let raw: RawProfile = from_toml(text, origin)?;
+        let raw: RawProfile = from_toml(text, origin, &PROFILE_SCHEMA)?;
         DeviceProfile::validate(raw, origin)
+    }
+
+    /// The JSON Schema of a device profile file (`schemas/device-profile.schema.json`).
+    pub fn file_schema() -> schemars::Schema {
+        schemars::schema_for!(RawProfile)
     }
 
     /// The channel called `name`.

@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use modalis_sdk::{BodySite, ModalityKind, Sensation};
@@ -11,7 +12,7 @@ use crate::precheck::{StepRef, StepVerdict};
 use crate::verdict::{Finding, Verdict};
 
 /// One finding, attached to the site it concerns.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct ReportFinding {
     /// The step.
     pub step: StepRef,
@@ -26,7 +27,7 @@ pub struct ReportFinding {
 }
 
 /// Everything delivered at one (canonical) site.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct SiteReport {
     /// The site the ledger counts (Bafeng 1 is counted as LR2).
     pub site: BodySite,
@@ -72,7 +73,7 @@ pub struct SiteReport {
 }
 
 /// Counts of step verdicts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct Counts {
     /// Allowed.
     pub allow: usize,
@@ -85,7 +86,7 @@ pub struct Counts {
 }
 
 /// The dose report.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct DoseReport {
     /// Pseudonymous patient id.
     pub patient_id: String,

@@ -3,12 +3,13 @@
 //! The session runtime audits and publishes these, so they carry everything a reviewer needs:
 //! the rule that decided, the reason in words, the numbers involved and the source of the limit.
 
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::rules::Rule;
 
 /// What the governor says about one step (or one finding), from mildest to hardest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     /// Nothing to say.
@@ -40,7 +41,7 @@ impl std::fmt::Display for Verdict {
 }
 
 /// One named number involved in a decision, with its unit.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, JsonSchema)]
 pub struct Value {
     /// What the number is, e.g. `irradiance` or `limit`.
     pub name: &'static str,
@@ -56,7 +57,7 @@ pub(crate) fn v(name: &'static str, value: f64, unit: &'static str) -> Value {
 }
 
 /// One rule's judgement on one step.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct Finding {
     /// Stable rule id, e.g. `optical.mpe`.
     pub rule: &'static str,

@@ -31,6 +31,19 @@ impl Position {
         let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
         Position { line, column }
     }
+
+    /// The byte offset of this position in `text`; `None` when it is past the text.
+    pub(crate) fn offset_in(self, text: &str) -> Option<usize> {
+        let mut start = 0;
+        for _ in 1..self.line {
+            start += text.get(start..)?.find('\n')? + 1;
+        }
+        let line = text.get(start..)?;
+        match line.char_indices().nth(self.column.checked_sub(1)?) {
+            Some((i, _)) => Some(start + i),
+            None => Some(start + line.len()),
+        }
+    }
 }
 
 impl fmt::Display for Position {
@@ -41,8 +54,8 @@ impl fmt::Display for Position {
 
 /// A protocol file that cannot be loaded, scheduled or whose parameters a plugin refuses.
 ///
-/// Displays as `path:line:col: block "id": what was wrong (expected ...)`; the position and
-/// the block are left out when the problem has none.
+/// Displays as `path:line:col: block "id": what was wrong (expected ...) (at /json/pointer)`;
+/// the position, the block and the pointer are left out when the problem has none.
 #[derive(Debug, thiserror::Error)]
 pub struct ProtocolError {
     /// The protocol file.
@@ -51,6 +64,11 @@ pub struct ProtocolError {
     pub position: Option<Position>,
     /// The block the problem belongs to, if any.
     pub block: Option<String>,
+    /// JSON pointer to the offending key or value in the protocol file, as its JSON Schema
+    /// (`schemas/protocol.schema.json`) sees it, e.g. `/block/1/start`; `None` when the
+    /// problem is not at a place in the file. A plugin's parameter errors carry their pointer
+    /// into the parameters in [`ProtocolErrorKind::Param`] instead.
+    pub pointer: Option<String>,
     /// What went wrong (boxed: the error travels through every `Result` of the loader, and
     /// the variants that carry a governor or plugin error are large).
     #[source]
@@ -67,7 +85,15 @@ impl fmt::Display for ProtocolError {
         if let Some(block) = &self.block {
             write!(f, "block {block:?}: ")?;
         }
-        write!(f, "{}", self.kind)
+        write!(f, "{}", self.kind)?;
+        // Not after a referenced file's error: that message ends with its own file's pointer,
+        // and the key that referenced the file is already named in front of it.
+        if let Some(pointer) = &self.pointer
+            && !matches!(*self.kind, ProtocolErrorKind::Load { .. })
+        {
+            write!(f, " (at {pointer})")?;
+        }
+        Ok(())
     }
 }
 
@@ -79,7 +105,8 @@ pub enum ProtocolErrorKind {
     #[error("cannot read the protocol file: {0}")]
     Read(#[source] std::io::Error),
     /// Not valid TOML, or not the shape of a protocol (unknown key, missing key, wrong type).
-    /// The message is the TOML parser's and already says what was expected.
+    /// The message is the TOML parser's, or the protocol schema's, and already says what was
+    /// expected.
     #[error("{message}")]
     Toml {
         /// The parser's message.

@@ -43,13 +43,15 @@ mod schedule;
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use modalis_governor::{DeviceProfile, PatientContext};
+use modalis_governor::{DeviceProfile, PatientContext, schema};
 
 pub use error::{Position, ProtocolError, ProtocolErrorKind};
 
@@ -167,6 +169,7 @@ impl Protocol {
             path: path.to_path_buf(),
             position: None,
             block: None,
+            pointer: None,
             kind: Box::new(ProtocolErrorKind::Read(e)),
         })?;
         Protocol::from_toml_str(&text, path)
@@ -198,49 +201,109 @@ impl Protocol {
             path: self.path.clone(),
             position,
             block: block.map(str::to_string),
+            pointer: None,
             kind: Box::new(kind),
         }
     }
+
+    /// The JSON Schema of a protocol file (`schemas/protocol.schema.json`).
+    pub fn file_schema() -> schemars::Schema {
+        schemars::schema_for!(RawProtocol)
+    }
 }
 
-// The file's shape, for serde: `deny_unknown_fields` everywhere, so that a misspelt key is an
-// error with its position instead of a silently ignored setting.
+// The file's shape, for serde and for its JSON Schema: `deny_unknown_fields` everywhere, so
+// that a misspelt key is an error with its position instead of a silently ignored setting.
+// The spans serde keeps are invisible in the schema (`schemars(with)`).
 
-#[derive(Deserialize)]
+/// A combined treatment protocol file (TOML): the patient, the devices by role, and the
+/// blocks, each a plugin driving one device role from a start, with the plugin's parameters.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Protocol")]
 struct RawProtocol {
+    /// Name and description.
     protocol: RawHeader,
-    // The patient is either `file = ...` or an inline context; it is read from the spanned
-    // tree (see `Loader::patient`), so here it is only required to be present.
+    /// The patient: `file = "..."` (relative to the protocol file) alone, or the patient
+    /// context inline.
+    // Read from the spanned tree (see `Loader::patient`), so here serde only requires it.
+    #[schemars(with = "PatientSpec")]
     patient: Spanned<IgnoredAny>,
+    /// Device roles, each bound to a device profile file (relative to the protocol file).
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, String>")]
     devices: BTreeMap<Spanned<String>, Spanned<String>>,
+    /// The blocks, in order.
     #[serde(default)]
+    #[schemars(with = "Vec<RawBlock>")]
     block: Vec<Spanned<RawBlock>>,
 }
 
-#[derive(Deserialize)]
+/// `[patient]` in the protocol file.
+// Only its schema is used: the loader reads `[patient]` from the spanned tree.
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum PatientSpec {
+    /// A patient context file.
+    File(PatientFile),
+    /// The patient context inline.
+    Inline(PatientContext),
+}
+
+/// `[patient] file = "..."`.
+#[derive(JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct PatientFile {
+    /// The patient context file, relative to the protocol file.
+    file: String,
+}
+
+/// `[protocol]`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "ProtocolHeader")]
 struct RawHeader {
+    /// The protocol's name, shown in reports and the audit log.
+    #[schemars(length(min = 1))]
     name: String,
+    /// What the protocol is for (empty when absent).
     #[serde(default)]
     description: String,
 }
 
-#[derive(Deserialize)]
+/// One `[[block]]`: a plugin driving one device role.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Block")]
 struct RawBlock {
+    /// Unique id within the protocol: letters, digits, '-' and '_'.
+    #[schemars(with = "String", regex(pattern = r"^[A-Za-z0-9_-]+$"))]
     id: Spanned<String>,
+    /// The id of the plugin that plans it.
+    #[schemars(with = "String")]
     plugin: Spanned<String>,
+    /// The device role (a key of `[devices]`).
+    #[schemars(with = "String")]
     device: Spanned<String>,
+    /// When it starts: exactly one of `at_s`, `at_ms`, `after`, `with`.
+    #[schemars(with = "RawStart")]
     start: Spanned<RawStart>,
+    /// Disabled blocks stay in the file (an alternative, say) but are neither run nor
+    /// scheduled.
     #[serde(default = "enabled_by_default")]
     enabled: bool,
+    /// The block this one replaces when a clinic enables it instead.
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     alternative_to: Option<Spanned<String>>,
+    /// The plugin's parameters, checked against the plugin's own schema
+    /// (`schemas/plugins/<plugin>.params.schema.json`).
     // Converted from the spanned tree (see `params::convert`), which keeps the position of
     // every key for plugin errors.
     #[serde(default, rename = "params")]
+    #[schemars(with = "Option<serde_json::Map<String, serde_json::Value>>")]
     _params: Option<IgnoredAny>,
 }
 
@@ -248,14 +311,31 @@ fn enabled_by_default() -> bool {
     true
 }
 
-#[derive(Deserialize)]
+/// A block's start.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Start")]
+#[schemars(extend("oneOf" = [
+    { "required": ["at_s"] },
+    { "required": ["at_ms"] },
+    { "required": ["after"] },
+    { "required": ["with"] }
+]))]
 struct RawStart {
+    /// Seconds from the session start (at most a day).
+    #[schemars(range(min = 0.0, max = MAX_OFFSET_S))]
     at_s: Option<f64>,
+    /// Milliseconds from the session start.
     at_ms: Option<u64>,
+    /// When the block with this id ends.
     after: Option<String>,
+    /// When the block with this id starts.
     with: Option<String>,
 }
+
+/// The protocol file's validator, compiled once for every protocol loaded.
+static PROTOCOL_SCHEMA: LazyLock<jsonschema::Validator> =
+    LazyLock::new(schema::compile::<RawProtocol>);
 
 /// Longest offset `at_s` may give: a day. Anything longer is a typo (minutes for seconds,
 /// milliseconds for seconds), and the bound keeps the conversion to milliseconds exact.
@@ -277,10 +357,20 @@ impl Loader<'_> {
         block: Option<&str>,
         kind: ProtocolErrorKind,
     ) -> ProtocolError {
+        // Every error the loader finds is at a place in this file: the pointer of what is
+        // written there, so that tools can find it as well as people.
+        let pointer = position
+            .and_then(|p| p.offset_in(self.text))
+            .and_then(|offset| {
+                let tree = DeTable::parse(self.text).ok()?;
+                Some(schema::pointer_at(&tree, offset))
+            })
+            .filter(|p| !p.is_empty());
         ProtocolError {
             path: self.path.to_path_buf(),
             position,
             block: block.map(str::to_string),
+            pointer,
             kind: Box::new(kind),
         }
     }
@@ -391,6 +481,24 @@ impl Loader<'_> {
                 })?;
             devices.insert(role.get_ref().clone(), profile);
             device_files.insert(role.get_ref().clone(), resolved);
+        }
+
+        // Last, the file against its published schema: everything above reports what it finds
+        // in its own words; this keeps a file that the schema refuses from loading, so that
+        // the schema integrators read is the contract the loader keeps.
+        if let Some(v) = schema::toml_to_json(self.text)
+            .and_then(|v| schema::first_violation(&PROTOCOL_SCHEMA, &v))
+        {
+            let at = self.pos(schema::pointer_span(&tree, &v.pointer));
+            let mut err = self.err(
+                Some(at),
+                None,
+                ProtocolErrorKind::Toml { message: v.message },
+            );
+            // The schema's own pointer: exact even where the position is the enclosing
+            // table's (a missing key).
+            err.pointer = Some(v.pointer).filter(|p| !p.is_empty());
+            return Err(err);
         }
 
         Ok(Protocol {

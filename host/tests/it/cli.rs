@@ -186,3 +186,54 @@ fn audit_verify_is_mounted_and_checks_a_real_log() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("holds no audit log"));
 }
+
+#[test]
+fn schema_lists_prints_and_refuses_unknown_names() {
+    let committed = |rel: &str| {
+        std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../schemas")
+                .join(rel),
+        )
+        .expect("committed schema")
+    };
+
+    // Without a name: every name, the plugins' parameter schemas included.
+    let o = modalis(&["schema"]);
+    assert_eq!(o.status.code(), Some(0));
+    let names: Vec<String> = stdout(&o).lines().map(str::to_string).collect();
+    for name in [
+        "protocol",
+        "device-profile",
+        "patient-context",
+        "dose-report",
+        "audit-export-record",
+        "mqtt/device-telemetry",
+        "plugins/tens.params",
+    ] {
+        assert!(names.iter().any(|n| n == name), "{name} in {names:?}");
+    }
+
+    // A name: exactly the committed file, whether generated from a type or from a plugin.
+    let o = modalis(&["schema", "protocol"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(stdout(&o), committed("protocol.schema.json"));
+    let o = modalis(&["schema", "plugins/tens.params"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(stdout(&o), committed("plugins/tens.params.schema.json"));
+    // The file's name works too.
+    let o = modalis(&["schema", "schemas/mqtt/state.schema.json"]);
+    assert_eq!(stdout(&o), committed("mqtt/state.schema.json"));
+
+    // An unknown name: a usage error that lists the valid names.
+    let o = modalis(&["schema", "protocl"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("no schema named \"protocl\"")
+            && err.contains("protocol, ")
+            && err.contains("plugins/tens.params"),
+        "{err}"
+    );
+    assert!(o.stdout.is_empty());
+}

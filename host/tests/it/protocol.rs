@@ -331,37 +331,37 @@ const CASES: &[Case] = &[
             "device = \"heat\"\nenabeld = false\n",
         )],
         files: &[],
-        expected: "<dir>/protocols/p.toml:15:1: unknown field `enabeld`, expected one of `id`, `plugin`, `device`, `start`, `enabled`, `alternative_to`, `params`",
+        expected: "<dir>/protocols/p.toml:15:1: unknown field `enabeld`, expected one of `id`, `plugin`, `device`, `start`, `enabled`, `alternative_to`, `params` (at /block/0/enabeld)",
     },
     Case {
         name: "unknown top-level table",
         edits: &[("[devices]", "[device]")],
         files: &[],
-        expected: "<dir>/protocols/p.toml:7:2: unknown field `device`, expected one of `protocol`, `patient`, `devices`, `block`",
+        expected: "<dir>/protocols/p.toml:7:2: unknown field `device`, expected one of `protocol`, `patient`, `devices`, `block` (at /device)",
     },
     Case {
         name: "missing block id",
         edits: &[("id = \"tens-legs\"\n", "")],
         files: &[],
-        expected: "<dir>/protocols/p.toml:25:1: missing field `id`",
+        expected: "<dir>/protocols/p.toml:25:1: missing field `id` (at /block/1)",
     },
     Case {
         name: "invalid block id",
         edits: &[("id = \"tens-legs\"", "id = \"tens legs\"")],
         files: &[],
-        expected: r#"<dir>/protocols/p.toml:26:6: block id "tens legs" is not valid (expected a non-empty id of letters, digits, '-' or '_')"#,
+        expected: r#"<dir>/protocols/p.toml:26:6: block id "tens legs" is not valid (expected a non-empty id of letters, digits, '-' or '_') (at /block/1/id)"#,
     },
     Case {
         name: "duplicate block id",
         edits: &[("id = \"tens-legs\"", "id = \"heat-feet\"")],
         files: &[],
-        expected: r#"<dir>/protocols/p.toml:26:6: duplicate block id "heat-feet", first used on line 12 (expected each block id once)"#,
+        expected: r#"<dir>/protocols/p.toml:26:6: duplicate block id "heat-feet", first used on line 12 (expected each block id once) (at /block/1/id)"#,
     },
     Case {
         name: "unknown device role",
         edits: &[("device = \"tens\"", "device = \"tens-unit\"")],
         files: &[],
-        expected: r#"<dir>/protocols/p.toml:28:10: block "tens-legs": device "tens-unit" is not a role in [devices] (expected one of: heat, tens)"#,
+        expected: r#"<dir>/protocols/p.toml:28:10: block "tens-legs": device "tens-unit" is not a role in [devices] (expected one of: heat, tens) (at /block/1/device)"#,
     },
     Case {
         name: "start with two forms",
@@ -370,13 +370,13 @@ const CASES: &[Case] = &[
             "start = { with = \"heat-feet\", at_s = 10 }",
         )],
         files: &[],
-        expected: r#"<dir>/protocols/p.toml:29:9: block "tens-legs": start has at_s and with (expected exactly one of at_s, at_ms, after, with)"#,
+        expected: r#"<dir>/protocols/p.toml:29:9: block "tens-legs": start has at_s and with (expected exactly one of at_s, at_ms, after, with) (at /block/1/start)"#,
     },
     Case {
         name: "negative offset",
         edits: &[("start = { at_s = 0 }", "start = { at_s = -5 }")],
         files: &[],
-        expected: r#"<dir>/protocols/p.toml:15:9: block "heat-feet": start at_s = -5 is not a usable offset (expected a finite number of seconds >= 0)"#,
+        expected: r#"<dir>/protocols/p.toml:15:9: block "heat-feet": start at_s = -5 is not a usable offset (expected a finite number of seconds >= 0) (at /block/0/start)"#,
     },
     Case {
         name: "after names an unknown block",
@@ -385,7 +385,7 @@ const CASES: &[Case] = &[
             "start = { after = \"heat-foot\" }",
         )],
         files: &[],
-        expected: r#"<dir>/protocols/p.toml:29:9: block "tens-legs": start.after = "heat-foot" names no block (expected one of: heat-feet, tens-legs)"#,
+        expected: r#"<dir>/protocols/p.toml:29:9: block "tens-legs": start.after = "heat-foot" names no block (expected one of: heat-feet, tens-legs) (at /block/1/start)"#,
     },
     Case {
         name: "with names a disabled block",
@@ -394,13 +394,13 @@ const CASES: &[Case] = &[
             "device = \"heat\"\nenabled = false\n",
         )],
         files: &[],
-        expected: r#"<dir>/protocols/p.toml:30:9: block "tens-legs": start.with = "heat-feet" names a disabled block (expected an enabled block)"#,
+        expected: r#"<dir>/protocols/p.toml:30:9: block "tens-legs": start.with = "heat-feet" names a disabled block (expected an enabled block) (at /block/1/start)"#,
     },
     Case {
         name: "cycle of after and with",
         edits: &[("start = { at_s = 0 }", "start = { after = \"tens-legs\" }")],
         files: &[],
-        expected: r#"<dir>/protocols/p.toml:15:9: block "heat-feet": start order is circular: heat-feet -> tens-legs -> heat-feet (expected the after/with chain to end at a block with a fixed at_s start)"#,
+        expected: r#"<dir>/protocols/p.toml:15:9: block "heat-feet": start order is circular: heat-feet -> tens-legs -> heat-feet (expected the after/with chain to end at a block with a fixed at_s start) (at /block/0/start)"#,
     },
     Case {
         name: "alternative_to names an unknown block",
@@ -409,7 +409,7 @@ const CASES: &[Case] = &[
             "device = \"tens\"\nalternative_to = \"lllt\"\n",
         )],
         files: &[],
-        expected: r#"<dir>/protocols/p.toml:29:18: block "tens-legs": alternative_to = "lllt" names no block (expected one of: heat-feet, tens-legs)"#,
+        expected: r#"<dir>/protocols/p.toml:29:18: block "tens-legs": alternative_to = "lllt" names no block (expected one of: heat-feet, tens-legs) (at /block/1/alternative_to)"#,
     },
     Case {
         name: "a block and its alternative both enabled",
@@ -418,19 +418,19 @@ const CASES: &[Case] = &[
             "device = \"tens\"\nalternative_to = \"heat-feet\"\n",
         )],
         files: &[],
-        expected: r#"<dir>/protocols/p.toml:29:18: block "tens-legs": this block and its alternative "heat-feet" are both enabled (expected at most one of them enabled)"#,
+        expected: r#"<dir>/protocols/p.toml:29:18: block "tens-legs": this block and its alternative "heat-feet" are both enabled (expected at most one of them enabled) (at /block/1/alternative_to)"#,
     },
     Case {
         name: "missing profile file",
         edits: &[("../profiles/tens-2ch.toml", "../profiles/tens-4ch.toml")],
         files: &[],
-        expected: r#"<dir>/protocols/p.toml:9:8: devices.tens = "../profiles/tens-4ch.toml": cannot read <dir>/protocols/../profiles/tens-4ch.toml: No such file or directory (os error 2)"#,
+        expected: r#"<dir>/protocols/p.toml:9:8: devices.tens = "../profiles/tens-4ch.toml": cannot read <dir>/protocols/../profiles/tens-4ch.toml: No such file or directory (os error 2) (at /devices/tens)"#,
     },
     Case {
         name: "missing patient file",
         edits: &[("../patients/dpn-example.toml", "../patients/nobody.toml")],
         files: &[],
-        expected: r#"<dir>/protocols/p.toml:5:8: patient.file = "../patients/nobody.toml": cannot read <dir>/protocols/../patients/nobody.toml: No such file or directory (os error 2)"#,
+        expected: r#"<dir>/protocols/p.toml:5:8: patient.file = "../patients/nobody.toml": cannot read <dir>/protocols/../patients/nobody.toml: No such file or directory (os error 2) (at /patient/file)"#,
     },
     Case {
         name: "profile file with a bad field",
@@ -440,7 +440,7 @@ const CASES: &[Case] = &[
             "id = \"tens-bad\"\nname = \"bad\"\nmodality = \"tens\"\n\n[[channels]]\n\
              name = \"ch1\"\nkind = \"electrical\"\n[channels.electrical]\nmax_rms_ma = \"lots\"\n",
         )],
-        expected: r#"<dir>/protocols/p.toml:9:8: devices.tens: <dir>/protocols/../profiles/tens-bad.toml:9:14: channels[0].electrical.max_rms_ma: invalid type: string "lots", expected f64"#,
+        expected: r#"<dir>/protocols/p.toml:9:8: devices.tens: <dir>/protocols/../profiles/tens-bad.toml:9:14: channels[0].electrical.max_rms_ma (at /channels/0/electrical/max_rms_ma): invalid type: string "lots", expected f64"#,
     },
     Case {
         name: "patient file with a bad field",
@@ -449,7 +449,7 @@ const CASES: &[Case] = &[
             "patients/bad.toml",
             "id = \"P-1\"\ndefault_sensation = \"numb\"\n",
         )],
-        expected: "<dir>/protocols/p.toml:5:8: patient.file: <dir>/protocols/../patients/bad.toml:2:21: default_sensation: unknown variant `numb`, expected one of `normal`, `reduced`, `absent`",
+        expected: "<dir>/protocols/p.toml:5:8: patient.file: <dir>/protocols/../patients/bad.toml:2:21: default_sensation (at /default_sensation): unknown variant `numb`, expected one of `normal`, `reduced`, `absent`",
     },
     Case {
         name: "patient given both ways",
@@ -458,7 +458,7 @@ const CASES: &[Case] = &[
             "file = \"../patients/dpn-example.toml\"\nid = \"P-1\"",
         )],
         files: &[],
-        expected: r#"<dir>/protocols/p.toml:4:1: [patient] has `file` and other keys (expected either file = "..." alone or an inline patient context)"#,
+        expected: r#"<dir>/protocols/p.toml:4:1: [patient] has `file` and other keys (expected either file = "..." alone or an inline patient context) (at /patient)"#,
     },
     Case {
         name: "inline patient with a bad field",
@@ -467,7 +467,7 @@ const CASES: &[Case] = &[
             "id = \"P-1\"\ndefault_sensation = \"numb\"",
         )],
         files: &[],
-        expected: "<dir>/protocols/p.toml:6:21: patient: unknown variant `numb`, expected one of `normal`, `reduced`, `absent`",
+        expected: "<dir>/protocols/p.toml:6:21: patient: unknown variant `numb`, expected one of `normal`, `reduced`, `absent` (at /patient/default_sensation)",
     },
     Case {
         name: "params that fail the plugin schema",
@@ -494,7 +494,15 @@ const CASES: &[Case] = &[
         name: "a date-time parameter",
         edits: &[("ramp_s = 180", "ramp_s = 2026-01-01")],
         files: &[],
-        expected: r#"<dir>/protocols/p.toml:20:10: block "heat-feet": params /ramp_s: date-time 2026-01-01 cannot be a plugin parameter (expected a string, number, boolean, array or table)"#,
+        expected: r#"<dir>/protocols/p.toml:20:10: block "heat-feet": params /ramp_s: date-time 2026-01-01 cannot be a plugin parameter (expected a string, number, boolean, array or table) (at /block/0/params/ramp_s)"#,
+    },
+    Case {
+        // serde takes an empty name; the schema (the contract published to integrators)
+        // does not, and its pointer locates it.
+        name: "empty protocol name (refused by the schema alone)",
+        edits: &[("name = \"Test\"", "name = \"\"")],
+        files: &[],
+        expected: r#"<dir>/protocols/p.toml:2:8: "" is shorter than 1 character (at /protocol/name)"#,
     },
     Case {
         name: "unknown plugin id",

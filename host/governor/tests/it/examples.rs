@@ -327,3 +327,84 @@ fn time_compression_keeps_leases_and_staleness_in_wall_time_only() {
         lim(&plain)
     );
 }
+
+#[test]
+fn load_errors_carry_the_json_pointer_of_the_field() {
+    // A wrong type: serde's message (it says what was expected), located by the parser, and
+    // the pointer into the file's schema.
+    let text = LLLT.replace("max_power_mw = 500.0", "max_power_mw = \"lots\"");
+    let e = DeviceProfile::from_toml_str(&text, "profiles/bad.toml").err();
+    assert!(
+        e.as_ref()
+            .is_some_and(|e| e.pointer() == "/channels/0/optical/max_power_mw"),
+        "{e:?}"
+    );
+    let shown = e.map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        shown.contains("(at /channels/0/optical/max_power_mw)") && shown.contains("expected f64"),
+        "{shown}"
+    );
+
+    // A non-finite number: serde takes it as an f64, the schema does not (a JSON number is
+    // finite). The schema's pointer, and the line and column where it is written.
+    let text = LLLT.replace("max_power_mw = 500.0", "max_power_mw = nan");
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("max_power_mw"))
+        .map(|i| i + 1);
+    let e = DeviceProfile::from_toml_str(&text, "profiles/bad.toml").err();
+    assert!(
+        e.as_ref()
+            .is_some_and(|e| e.pointer() == "/channels/0/optical/max_power_mw"
+                && e.field == "channels[0].optical.max_power_mw"
+                && e.line == line
+                && e.message.contains("non-finite")),
+        "{e:?}"
+    );
+
+    // A check after parsing (a Class 3B laser needs a key switch) names the pointer too.
+    let e = DeviceProfile::from_toml_str(
+        &LLLT.replace("key_switch = true", "key_switch = false"),
+        "p.toml",
+    )
+    .err();
+    assert!(
+        e.is_some_and(|e| e.pointer() == "/channels/0/optical/safety/key_switch"),
+        "key switch"
+    );
+
+    // The patient context: an unknown variant deep in an array.
+    let e = PatientContext::from_toml_str(
+        "id = \"P\"\n[[sensation]]\nsite = \"foot_dorsum:left\"\nsensation = \"numb\"\n",
+        "patients/p.toml",
+    )
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(
+        e.starts_with("patients/p.toml:4:13: sensation[0].sensation (at /sensation/0/sensation):")
+            && e.contains("unknown variant `numb`"),
+        "{e}"
+    );
+    // ... and a non-finite dose already delivered, which only the schema refuses.
+    let e = PatientContext::from_toml_str(
+        "id = \"P\"\n[[delivered_today]]\nsite = \"ST36:left\"\nmodality = \"laser-acupuncture\"\nenergy_j = inf\n",
+        "patients/p.toml",
+    )
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(
+        e.starts_with(
+            "patients/p.toml:5:12: delivered_today[0].energy_j (at /delivered_today/0/energy_j):"
+        ),
+        "{e}"
+    );
+
+    // The schema accepts what the site parser accepts: a lenient spelling still loads.
+    let p = PatientContext::from_toml_str(
+        "id = \"P\"\n[[sensation]]\nsite = \"st36:Left\"\nsensation = \"absent\"\n",
+        "patients/p.toml",
+    );
+    assert!(p.is_ok(), "{p:?}");
+}
