@@ -90,6 +90,16 @@ pub struct RunArgs {
         requires = "username"
     )]
     pub password: Option<String>,
+    /// For an mqtts:// broker: the CA that signed its certificate (PEM). Only this CA is
+    /// trusted.
+    #[arg(long, value_name = "FILE", requires = "broker")]
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate (PEM), for a broker that asks for one.
+    #[arg(long, value_name = "FILE", requires_all = ["ca_file", "client_key"])]
+    pub client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
     /// Who arms and starts the session (recorded in the audit log).
     #[arg(long)]
     pub operator: String,
@@ -238,6 +248,11 @@ fn run_cmd(args: RunArgs, cache: &Path) -> anyhow::Result<ExitCode> {
             credentials: args.username.map(|username| crate::bus::Credentials {
                 username,
                 password: args.password.unwrap_or_default(),
+            }),
+            tls: args.ca_file.map(|ca_file| crate::bus::TlsFiles {
+                ca_file,
+                client_cert: args.client_cert,
+                client_key: args.client_key,
             }),
         },
     };

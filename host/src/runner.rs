@@ -40,6 +40,8 @@ pub enum BrokerChoice {
         url: String,
         /// Login.
         credentials: Option<Credentials>,
+        /// Certificates, for an `mqtts://` broker.
+        tls: Option<crate::bus::TlsFiles>,
     },
 }
 
@@ -110,7 +112,7 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
         .with_context(|| format!("reading protocol file {}", opts.protocol.display()))?;
     let protocol = Protocol::from_toml_str(&text, &opts.protocol)?;
 
-    let (url, credentials, _broker) = match &opts.broker {
+    let (url, credentials, tls, _broker) = match &opts.broker {
         BrokerChoice::Embedded { port } => {
             let b = match EmbeddedBroker::start_on(*port).await {
                 Ok(b) => b,
@@ -121,15 +123,20 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
                         .context("starting the embedded MQTT broker")?
                 }
             };
-            (b.url(), None, Some(b))
+            (b.url(), None, None, Some(b))
         }
-        BrokerChoice::External { url, credentials } => (url.clone(), credentials.clone(), None),
+        BrokerChoice::External {
+            url,
+            credentials,
+            tls,
+        } => (url.clone(), credentials.clone(), tls.clone(), None),
     };
     let topics = Topics::new(&opts.controller_id)
         .map_err(|e| anyhow::anyhow!("--controller {:?}: {e}", opts.controller_id))?;
     let mut bus = BusConfig::new(&url, "modalis", topics.clone())
         .with_context(|| format!("--broker {url}"))?;
     bus.credentials = credentials;
+    bus.tls = tls;
 
     println!("modalis {} — {}", env!("CARGO_PKG_VERSION"), protocol.name);
     println!("  protocol   {}", opts.protocol.display());

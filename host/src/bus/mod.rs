@@ -38,6 +38,7 @@ pub mod topics;
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -81,29 +82,35 @@ pub struct BrokerAddr {
     pub host: String,
     /// TCP port.
     pub port: u16,
+    /// MQTT over TLS (`mqtts://`): the broker's certificate is checked against
+    /// [`BusConfig::tls`]'s CA.
+    pub tls: bool,
 }
 
 impl BrokerAddr {
     /// The default MQTT port.
     pub const DEFAULT_PORT: u16 = 1883;
 
-    /// Parses `mqtt://host:port` (or `tcp://`; the port defaults to 1883). TLS (`mqtts://`) is
-    /// not built in yet and is refused with that reason rather than silently sent in clear.
+    /// The default MQTT-over-TLS port.
+    pub const DEFAULT_TLS_PORT: u16 = 8883;
+
+    /// Parses `mqtt://host:port` (or `tcp://`; the port defaults to 1883) and
+    /// `mqtts://host:port` (or `ssl://`; TLS, the port defaults to 8883).
     pub fn parse(url: &str) -> Result<BrokerAddr, BusError> {
         let bad = |reason: &str| BusError::BrokerUrl {
             url: url.to_string(),
             reason: reason.to_string(),
         };
-        let rest = if let Some(r) = url.strip_prefix("mqtt://") {
-            r
+        let (rest, tls) = if let Some(r) = url.strip_prefix("mqtt://") {
+            (r, false)
         } else if let Some(r) = url.strip_prefix("tcp://") {
-            r
-        } else if url.starts_with("mqtts://") || url.starts_with("ssl://") {
-            return Err(bad(
-                "TLS brokers are not supported yet; use mqtt://host:port",
-            ));
+            (r, false)
+        } else if let Some(r) = url.strip_prefix("mqtts://") {
+            (r, true)
+        } else if let Some(r) = url.strip_prefix("ssl://") {
+            (r, true)
         } else {
-            return Err(bad("expected mqtt://host:port"));
+            return Err(bad("expected mqtt://host:port or mqtts://host:port"));
         };
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         if rest.contains('/') || rest.contains('?') || rest.contains('@') {
@@ -132,6 +139,7 @@ impl BrokerAddr {
             return Err(bad("the host is empty"));
         }
         let port = match port {
+            None if tls => BrokerAddr::DEFAULT_TLS_PORT,
             None => BrokerAddr::DEFAULT_PORT,
             Some(p) => p
                 .parse::<u16>()
@@ -142,16 +150,84 @@ impl BrokerAddr {
         Ok(BrokerAddr {
             host: host.to_string(),
             port,
+            tls,
         })
     }
 }
 
 impl std::fmt::Display for BrokerAddr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
         if self.host.contains(':') {
-            write!(f, "mqtt://[{}]:{}", self.host, self.port)
+            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
         } else {
-            write!(f, "mqtt://{}:{}", self.host, self.port)
+            write!(f, "{scheme}://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Certificates for MQTT over TLS, as PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The CA that signed the broker's certificate: the only root trusted (a clinic network
+    /// runs its own CA; the system's public roots are not consulted).
+    pub ca_file: PathBuf,
+    /// The client's certificate chain, when the broker asks clients for one.
+    pub client_cert: Option<PathBuf>,
+    /// The client certificate's private key.
+    pub client_key: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// A rustls client configuration (ring provider, TLS 1.2 and 1.3) from the files.
+    fn client_config(&self) -> Result<rustls::ClientConfig, BusError> {
+        use rustls_pki_types::pem::PemObject as _;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let bad = |field: &'static str, path: &Path, why: String| BusError::Config {
+            field,
+            reason: format!("{}: {why}", path.display()),
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        let cas = CertificateDer::pem_file_iter(&self.ca_file)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| bad("tls.ca_file", &self.ca_file, e.to_string()))?;
+        if cas.is_empty() {
+            return Err(bad(
+                "tls.ca_file",
+                &self.ca_file,
+                "no PEM certificate in it".into(),
+            ));
+        }
+        for ca in cas {
+            roots
+                .add(ca)
+                .map_err(|e| bad("tls.ca_file", &self.ca_file, e.to_string()))?;
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| BusError::Config {
+            field: "tls",
+            reason: e.to_string(),
+        })?
+        .with_root_certificates(roots);
+        match (&self.client_cert, &self.client_key) {
+            (None, None) => Ok(builder.with_no_client_auth()),
+            (Some(cert), Some(key)) => {
+                let chain = CertificateDer::pem_file_iter(cert)
+                    .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                    .map_err(|e| bad("tls.client_cert", cert, e.to_string()))?;
+                let key_der = PrivateKeyDer::from_pem_file(key)
+                    .map_err(|e| bad("tls.client_key", key, e.to_string()))?;
+                builder
+                    .with_client_auth_cert(chain, key_der)
+                    .map_err(|e| bad("tls.client_key", key, e.to_string()))
+            }
+            _ => Err(BusError::Config {
+                field: "tls",
+                reason: "a client certificate needs its key, and a key its certificate".into(),
+            }),
         }
     }
 }
@@ -256,6 +332,8 @@ pub struct BusConfig {
     pub client_id: String,
     /// Username and password, if the broker wants them.
     pub credentials: Option<Credentials>,
+    /// Certificates for an `mqtts://` broker (required for one, refused for `mqtt://`).
+    pub tls: Option<TlsFiles>,
     /// Keep-alive interval (at least 5 s, rumqttc's floor). The broker declares the client dead,
     /// and publishes its last will, after 1.5 times this without a packet.
     pub keep_alive: Duration,
@@ -291,6 +369,7 @@ impl BusConfig {
             broker: BrokerAddr::parse(broker_url)?,
             client_id: client_id.to_string(),
             credentials: None,
+            tls: None,
             keep_alive: Duration::from_secs(5),
             last_will: None,
             birth: None,
@@ -323,6 +402,27 @@ impl BusConfig {
                     self.client_id
                 ),
             );
+        }
+        match (&self.tls, self.broker.tls) {
+            (None, true) => {
+                return bad(
+                    "tls",
+                    format!(
+                        "{} is a TLS broker: give the CA that signed its certificate (--ca-file)",
+                        self.broker
+                    ),
+                );
+            }
+            (Some(_), false) => {
+                return bad(
+                    "tls",
+                    format!(
+                        "certificates were given but {} is plain MQTT: use mqtts://",
+                        self.broker
+                    ),
+                );
+            }
+            _ => {}
         }
         if self.keep_alive < Duration::from_secs(5) || self.keep_alive > Duration::from_secs(65535)
         {
@@ -778,6 +878,14 @@ impl Bus {
         if let Some(w) = &config.last_will {
             options.set_last_will(to_last_will(w));
         }
+        if let Some(tls) = &config.tls {
+            // Read the certificates now: a wrong file is a start-up error naming it, not a
+            // connection that keeps failing.
+            let cfg = tls.client_config()?;
+            options.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(Arc::new(cfg)),
+            ));
+        }
         let mut net = rumqttc::NetworkOptions::new();
         net.set_tcp_nodelay(true);
         // The TCP connect and the ConnAck together; a dead host must not hold up a retry.
@@ -1077,7 +1185,8 @@ mod tests {
                 BrokerAddr::parse(u).expect(u),
                 BrokerAddr {
                     host: host.into(),
-                    port
+                    port,
+                    tls: u.starts_with("mqtts") || u.starts_with("ssl"),
                 }
             );
         };
@@ -1085,9 +1194,10 @@ mod tests {
         ok("mqtt://broker.local", "broker.local", 1883);
         ok("tcp://h:1/", "h", 1);
         ok("mqtt://[::1]:1883", "::1", 1883);
+        ok("mqtts://h", "h", 8883);
+        ok("ssl://h:9999", "h", 9999);
         for bad in [
             "127.0.0.1:1883",
-            "mqtts://h:8883",
             "mqtt://:1883",
             "mqtt://h:0",
             "mqtt://h:99999",

@@ -482,6 +482,7 @@ async fn capture() {
         broker: modalis::runner::BrokerChoice::External {
             url: broker.url(),
             credentials: None,
+            tls: None,
         },
         simulate: true,
         faults: BTreeMap::new(),

@@ -12,3 +12,4 @@ mod runtime;
 mod schemas;
 mod signing;
 mod sim;
+mod tls;
