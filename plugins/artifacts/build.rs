@@ -76,6 +76,20 @@ fn main() {
     ] {
         cmd.env_remove(var);
     }
+    // Smaller, faster guests (`cargo bench -p modalis --bench plugin_runtime`):
+    // - a 256 KiB stack instead of Rust's 1 MiB default: the stack sits at the bottom of linear
+    //   memory, so a fresh instance's stack, data and heap fit in the first MiB the pooling
+    //   allocator keeps resident (the plugins recurse only through serde, which caps depth);
+    // - fat LTO in one codegen unit and no symbol names: the TENS component shrinks and its
+    //   precompiled artifact with it (cache load 1.14 -> 0.95 ms), and its plan runs faster
+    //   (instantiate + plan 46 -> 39 us).
+    cmd.env(
+        "CARGO_TARGET_WASM32_WASIP2_RUSTFLAGS",
+        "-Clink-arg=-zstack-size=262144",
+    );
+    cmd.env("CARGO_PROFILE_RELEASE_LTO", "fat");
+    cmd.env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1");
+    cmd.env("CARGO_PROFILE_RELEASE_STRIP", "symbols");
     let status = cmd.status().expect("run cargo to build the plugins");
     assert!(
         status.success(),
