@@ -660,7 +660,22 @@ async fn killing_the_broker_stops_every_source_within_one_lease_period() {
         .abort(&p.session, "test over")
         .await
         .expect("abort");
-    rig.finish().await;
+    let (dir, _keep) = rig.finish().await;
+    // The audit log records the gap: the connection lost, the session paused, the connection
+    // back, in that order.
+    let recs = audit_events(&dir);
+    let at = |pick: &dyn Fn(&Event) -> bool| recs.iter().position(|r| pick(&r.event));
+    let lost = at(&|e| matches!(e, Event::BrokerConnection { connected: false, .. }));
+    let back = recs
+        .iter()
+        .enumerate()
+        .skip(lost.unwrap_or(usize::MAX).saturating_add(1))
+        .find(|(_, r)| matches!(r.event, Event::BrokerConnection { connected: true, .. }))
+        .map(|(i, _)| i);
+    assert!(
+        lost.is_some() && back.is_some(),
+        "the gap is not in the audit log: lost {lost:?}, back {back:?}"
+    );
 }
 
 /// Runs the real `modalis run` binary against simulated devices, stops it with `signal` once
