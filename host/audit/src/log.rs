@@ -22,7 +22,9 @@ use crate::feed::Feed;
 use crate::keys;
 use crate::layout;
 use crate::reader::Follow;
-use crate::record::{self, Actor, ChainHash, Entry, Event, MAX_RECORD_BYTES, Outcome};
+use crate::record::{
+    self, Actor, ChainHash, Entry, Event, MAX_RECORD_BYTES, OperatorAction, Outcome,
+};
 use crate::store::Store;
 
 /// Tuning of batching and checkpoints. [`AuditConfig::default`] suits a clinic controller.
@@ -287,6 +289,52 @@ impl AuditLog {
     /// The log's directory.
     pub fn dir(&self) -> &Path {
         &self.inner.dir
+    }
+
+    /// What the log says about the controller run before this one: read newest first, back
+    /// to that run's `ControllerStart`, so a restart costs one run's records, not the whole
+    /// log. Call it before this run appends anything.
+    pub fn previous_run(&self) -> Result<PreviousRun, AuditError> {
+        let mut run = PreviousRun::default();
+        let mut ended: std::collections::BTreeSet<String> = Default::default();
+        let mut started: Vec<String> = Vec::new();
+        for item in self.inner.records.iter().rev() {
+            let (_, value) = item.map_err(|e| AuditError::db(&self.inner.dir, e))?;
+            let r = crate::record::decode(&value).map_err(|reason| AuditError::Corrupt {
+                seq: run.last_seq.unwrap_or(0),
+                reason,
+            })?;
+            if run.last_seq.is_none() {
+                run.last_seq = Some(r.seq);
+                run.last_wall_ms = Some(r.wall_ms);
+            }
+            match &r.event {
+                Event::ControllerStart { .. } => {
+                    run.found = true;
+                    break;
+                }
+                Event::ControllerStop { .. } => run.ended_cleanly = true,
+                Event::SessionEnded { .. } => {
+                    if let Some(s) = &r.session {
+                        ended.insert(s.clone());
+                    }
+                }
+                Event::OperatorAction {
+                    action: OperatorAction::Start,
+                } => {
+                    if let Some(s) = &r.session
+                        && !ended.contains(s)
+                        && !started.contains(s)
+                    {
+                        started.push(s.clone());
+                    }
+                }
+                _ => {}
+            }
+        }
+        started.reverse();
+        run.interrupted_sessions = started;
+        Ok(run)
     }
 
     /// Follows the log from sequence number `from`, in this process (sled lets only one
@@ -670,3 +718,20 @@ const _: () = {
     const fn shareable<T: Send + Sync + Clone>() {}
     shareable::<AuditLog>();
 };
+
+/// The controller run before this one, as its records tell it ([`AuditLog::previous_run`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PreviousRun {
+    /// The log holds an earlier run.
+    pub found: bool,
+    /// That run ended with a `ControllerStop` record (a clean shutdown, which ends every
+    /// session first). False after a kill, a crash or a power loss.
+    pub ended_cleanly: bool,
+    /// Sessions an operator started in that run that never ended, oldest first.
+    pub interrupted_sessions: Vec<String>,
+    /// The last record of the log: its sequence number and wall clock (Unix ms), i.e. when
+    /// the earlier run went silent.
+    pub last_seq: Option<u64>,
+    /// See `last_seq`.
+    pub last_wall_ms: Option<u64>,
+}

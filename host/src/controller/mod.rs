@@ -735,6 +735,8 @@ struct Core {
     checkpoints: Vec<std::thread::JoinHandle<()>>,
     /// Which plugins were admitted, for the retained state.
     plugin_trust: PluginTrustState,
+    /// How the run before this one ended, reported once at start.
+    previous: modalis_audit::PreviousRun,
 }
 
 /// Most rejected inbound messages audited one by one per second; the rest are counted.
@@ -758,6 +760,8 @@ impl Core {
         io: tokio::runtime::Handle,
     ) -> Result<Core, ControllerError> {
         let audit = AuditLog::open(&config.audit_dir, &config.controller_id)?;
+        // Before this run writes anything: how did the last one end?
+        let previous = audit.previous_run()?;
         let runtime = PluginRuntime::new(config.runtime.clone()).map_err(|e| {
             ControllerError::PluginLoad {
                 label: "(runtime)".into(),
@@ -911,7 +915,15 @@ impl Core {
             )
             .payload(config_json),
         )?;
+        if previous.found && !previous.ended_cleanly {
+            tracing::error!(
+                interrupted = ?previous.interrupted_sessions,
+                last_seq = ?previous.last_seq,
+                "the previous controller run ended without a shutdown"
+            );
+        }
         Ok(Core {
+            previous,
             id: config.controller_id,
             topics,
             speed: config.speed.max(1),
@@ -954,6 +966,7 @@ impl Core {
         };
         let mut requests_open = true;
         let mut inbox_open = true;
+        self.report_previous_run().await;
         loop {
             let wake = self.next_wake();
             tokio::select! {
@@ -1490,6 +1503,50 @@ impl Core {
     }
 
     /// Raises an alarm: audit, MQTT `alarm`, UI event.
+    /// A previous run that ended without a shutdown (killed, crashed, power lost) left its
+    /// devices to stop by their leases and its sessions unfinished: say so, loudly, in the
+    /// audit log, on the alarm topic and to the operator, once per interrupted session.
+    async fn report_previous_run(&mut self) {
+        let p = std::mem::take(&mut self.previous);
+        if !p.found || p.ended_cleanly {
+            return;
+        }
+        let when = p
+            .last_wall_ms
+            .map(|ms| {
+                format!(
+                    " (its last record, #{}, at {} Unix ms)",
+                    p.last_seq.unwrap_or(0),
+                    ms
+                )
+            })
+            .unwrap_or_default();
+        if p.interrupted_sessions.is_empty() {
+            self.alarm(
+                None,
+                None,
+                None,
+                AlarmPriority::Medium,
+                "controller.unclean_restart",
+                format!("the previous controller run ended without a shutdown{when}; no session was running"),
+            )
+            .await;
+        }
+        for id in &p.interrupted_sessions {
+            self.alarm(
+                Some(id),
+                None,
+                None,
+                AlarmPriority::High,
+                "session.interrupted",
+                format!(
+                    "session {id} was interrupted: the previous controller run ended without a shutdown{when}; its devices stopped when their leases lapsed, and what it delivered is in the audit log"
+                ),
+            )
+            .await;
+        }
+    }
+
     async fn alarm(
         &mut self,
         session: Option<&str>,

@@ -665,12 +665,28 @@ async fn killing_the_broker_stops_every_source_within_one_lease_period() {
     // back, in that order.
     let recs = audit_events(&dir);
     let at = |pick: &dyn Fn(&Event) -> bool| recs.iter().position(|r| pick(&r.event));
-    let lost = at(&|e| matches!(e, Event::BrokerConnection { connected: false, .. }));
+    let lost = at(&|e| {
+        matches!(
+            e,
+            Event::BrokerConnection {
+                connected: false,
+                ..
+            }
+        )
+    });
     let back = recs
         .iter()
         .enumerate()
         .skip(lost.unwrap_or(usize::MAX).saturating_add(1))
-        .find(|(_, r)| matches!(r.event, Event::BrokerConnection { connected: true, .. }))
+        .find(|(_, r)| {
+            matches!(
+                r.event,
+                Event::BrokerConnection {
+                    connected: true,
+                    ..
+                }
+            )
+        })
         .map(|(i, _)| i);
     assert!(
         lost.is_some() && back.is_some(),
@@ -786,10 +802,83 @@ async fn controller_process(signal: &str) -> (Duration, tempfile::TempDir, Watch
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_controller_stops_every_source_within_one_lease_period() {
     // SIGKILL: no goodbye, no final stops; only the leases stop the devices.
-    let (took, _dir, _w) = controller_process("KILL").await;
+    let (took, dir, watcher) = controller_process("KILL").await;
     assert!(
         took <= Duration::from_millis(LEASE_PERIOD_MS) + SLACK,
         "{took:?}"
+    );
+    // Every command a device could have received was in the audit log before it was sent.
+    let audit = dir.path().join("audit");
+    let recs = audit_events(&audit);
+    let logged: std::collections::BTreeSet<&str> = recs
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::Command { command_id } => Some(command_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    let published: Vec<String> = watcher
+        .all()
+        .into_iter()
+        .filter_map(|s| match s.message {
+            Inbound::Command(c) => Some(c.command_id),
+            _ => None,
+        })
+        .collect();
+    assert!(!published.is_empty());
+    let missing: Vec<&String> = published
+        .iter()
+        .filter(|id| !logged.contains(id.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "published but not in the audit log: {missing:?}"
+    );
+    let session = recs
+        .iter()
+        .find(|r| {
+            matches!(
+                r.event,
+                Event::OperatorAction {
+                    action: modalis_audit::OperatorAction::Start
+                }
+            )
+        })
+        .and_then(|r| r.session.clone())
+        .expect("the session was started");
+
+    // A controller started on the same audit log reports the interrupted session.
+    let broker = TestBroker::embedded().await;
+    let topics = Topics::new(modalis::DEFAULT_CONTROLLER_ID).expect("id");
+    let cancel = CancellationToken::new();
+    let mut cfg = ControllerConfig::new(
+        topics.controller(),
+        broker.config("unused", &topics, CONTROLLER_USER),
+        audit.clone(),
+        RuntimeConfig::for_tests(&dir.path().join("cache")),
+        modalis::runner::bundled_plugins(),
+    );
+    cfg.plugin_trust = modalis::controller::PluginTrust::development().expect("dev key");
+    let ctl = Controller::start(cfg, cancel.clone())
+        .await
+        .expect("restarts on the same log");
+    // The report is the first thing the restarted controller does; a stats round trip
+    // through its loop comes after it.
+    ctl.stats().await.expect("stats");
+    cancel.cancel();
+    ctl.join().await.expect("stops");
+    let report = modalis_audit::verify(&audit).expect("readable");
+    assert!(
+        report.is_ok(),
+        "the chain across the kill and the restart: {report}"
+    );
+    let recs = audit_events(&audit);
+    assert!(
+        recs.iter().any(
+            |r| matches!(&r.event, Event::Alarm { code, .. } if code == "session.interrupted")
+                && r.session.as_deref() == Some(session.as_str())
+        ),
+        "no session.interrupted alarm for {session}"
     );
 }
 
