@@ -42,6 +42,10 @@ pub struct AuditConfig {
     /// Capacity of the channel to the writer thread. When it is full, appends block: the
     /// log slows the callers down rather than dropping records.
     pub queue: usize,
+    /// Fault injection for tests of what the caller does when the disk fills: every batch
+    /// that would take the log past this many records fails as a full disk does
+    /// (`AuditError::Write`), and nothing of it is written. `None` (the default) in use.
+    pub fail_writes_after: Option<u64>,
 }
 
 impl Default for AuditConfig {
@@ -52,6 +56,7 @@ impl Default for AuditConfig {
             checkpoint_every_records: 10_000,
             checkpoint_interval: Duration::from_secs(10),
             queue: 16 * 1024,
+            fail_writes_after: None,
         }
     }
 }
@@ -588,7 +593,16 @@ impl Writer {
             });
         }
         if seq > self.count {
-            let written = self.store.apply(&batch, seq, &head).and_then(|()| {
+            let injected = self
+                .config
+                .fail_writes_after
+                .is_some_and(|limit| seq > limit)
+                .then(|| AuditError::Write("injected fault: no space left on device".into()));
+            let written = match injected {
+                Some(e) => Err(e),
+                None => self.store.apply(&batch, seq, &head),
+            }
+            .and_then(|()| {
                 // Applied means the records are in the tree and take these numbers whether
                 // or not the flush below succeeds: the chain must go on from them.
                 self.count = seq;

@@ -119,6 +119,8 @@ pub struct ControllerConfig {
     /// Whose plugin signatures are accepted. The default trusts no key: every plugin is
     /// refused.
     pub plugin_trust: PluginTrust,
+    /// Audit log batching and checkpoints (and, in tests, an injected full disk).
+    pub audit: modalis_audit::AuditConfig,
     /// The ids of the clinic's devices this controller expects to hear from. Messages from
     /// these while no session uses them are ignored (counted); messages from any other
     /// device are rejected, counted and audited. Devices of prepared sessions are added.
@@ -155,6 +157,7 @@ impl ControllerConfig {
             runtime,
             plugins,
             plugin_trust: PluginTrust::default(),
+            audit: modalis_audit::AuditConfig::default(),
             devices: Vec::new(),
             speed: 1,
             renew_every: Duration::from_millis(500),
@@ -737,6 +740,10 @@ struct Core {
     plugin_trust: PluginTrustState,
     /// How the run before this one ended, reported once at start.
     previous: modalis_audit::PreviousRun,
+    /// The first audit write that failed, not yet acted on.
+    audit_failure: Option<String>,
+    /// The audit log failed: every source was stopped; no energy command goes out.
+    audit_broken: bool,
 }
 
 /// Most rejected inbound messages audited one by one per second; the rest are counted.
@@ -759,7 +766,11 @@ impl Core {
         events: broadcast::Sender<ControllerEvent>,
         io: tokio::runtime::Handle,
     ) -> Result<Core, ControllerError> {
-        let audit = AuditLog::open(&config.audit_dir, &config.controller_id)?;
+        let audit = AuditLog::open_with(
+            &config.audit_dir,
+            &config.controller_id,
+            config.audit.clone(),
+        )?;
         // Before this run writes anything: how did the last one end?
         let previous = audit.previous_run()?;
         let runtime = PluginRuntime::new(config.runtime.clone()).map_err(|e| {
@@ -924,6 +935,8 @@ impl Core {
         }
         Ok(Core {
             previous,
+            audit_failure: None,
+            audit_broken: false,
             id: config.controller_id,
             topics,
             speed: config.speed.max(1),
@@ -985,6 +998,7 @@ impl Core {
                 },
             }
             self.flush().await;
+            self.on_audit_failure().await;
         }
         self.shutdown().await
     }
@@ -1410,9 +1424,13 @@ impl Core {
             if let Err(e) = result {
                 self.stats.audit_failures += 1;
                 tracing::error!(error = %e, command = %cmd.command_id, "audit append failed");
+                self.audit_failed(e.to_string());
                 if energy {
                     continue;
                 }
+            } else if energy && self.audit_broken {
+                // Written this time, but the log failed before: stay stopped.
+                continue;
             }
             let topic = match self.topics.device_command(&cmd.device) {
                 Ok(t) => t,
@@ -1705,7 +1723,44 @@ impl Core {
         if let Err(err) = self.audit.append_queued(e) {
             self.stats.audit_failures += 1;
             tracing::error!(error = %err, "audit append failed");
+            self.audit_failed(err.to_string());
         }
+    }
+
+    /// Remembers the first audit failure; the loop acts on it (`on_audit_failure`) once the
+    /// current input is handled.
+    fn audit_failed(&mut self, why: String) {
+        if !self.audit_broken && self.audit_failure.is_none() {
+            self.audit_failure = Some(why);
+        }
+    }
+
+    /// The audit log cannot be written (a full disk, a lost directory): nothing more may be
+    /// delivered that the log cannot show. Every source of every session is stopped (stops go
+    /// out whether or not they are audited), a high alarm is raised, and from now on no energy
+    /// command is sent.
+    async fn on_audit_failure(&mut self) {
+        let Some(why) = self.audit_failure.take() else {
+            return;
+        };
+        self.audit_broken = true;
+        tracing::error!(error = %why, "the audit log cannot be written: stopping every source");
+        self.estop(
+            "controller",
+            &format!("the audit log cannot be written: {why}"),
+        )
+        .await;
+        self.alarm(
+            None,
+            None,
+            None,
+            AlarmPriority::High,
+            "audit.unavailable",
+            format!(
+                "the audit log cannot be written ({why}): every source was stopped, and no energy command will be sent until the controller is restarted on a writable log"
+            ),
+        )
+        .await;
     }
 
     /// Records an operator act or a session's end, written before going on. What follows
@@ -1714,6 +1769,7 @@ impl Core {
         if let Err(err) = self.audit.append(e) {
             self.stats.audit_failures += 1;
             tracing::error!(error = %err, "audit append failed");
+            self.audit_failed(err.to_string());
         }
     }
 

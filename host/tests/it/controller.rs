@@ -22,9 +22,9 @@ use modalis::controller::{Controller, ControllerConfig, ControllerHandle, Prepar
 use modalis::plugin::RuntimeConfig;
 use modalis::protocol::Protocol;
 use modalis::sim::{Faults, SimHandle, SimOptions, Simulator};
-use modalis_audit::{AuditReader, Event};
+use modalis_audit::{AuditConfig, AuditReader, Event};
 use modalis_governor::limits::LEASE_PERIOD_MS;
-use modalis_sdk::Measurement;
+use modalis_sdk::{Measurement, Setpoint};
 
 use crate::bus::{CONTROLLER_USER, DASHBOARD_USER, DEVICE_USER, TestBroker, WAIT};
 
@@ -193,6 +193,18 @@ impl Rig {
         speed: u32,
         faults: BTreeMap<String, Faults>,
     ) -> Rig {
+        Rig::start_with(broker, name, text, speed, faults, AuditConfig::default()).await
+    }
+
+    /// [`Rig::start`] with the controller's audit log configured (an injected full disk).
+    async fn start_with(
+        broker: TestBroker,
+        name: &str,
+        text: Option<String>,
+        speed: u32,
+        faults: BTreeMap<String, Faults>,
+        audit: AuditConfig,
+    ) -> Rig {
         let dir = tempfile::tempdir().expect("tempdir");
         let (file, text) = match text {
             Some(text) => {
@@ -227,7 +239,16 @@ impl Rig {
         assert!(sim.wait_connected(WAIT).await, "simulated devices connect");
         let ctl_cancel = CancellationToken::new();
         let devices = protocol.devices.values().map(|p| p.id.clone()).collect();
-        let ctl = start_controller(&broker, &topics, dir.path(), speed, devices, &ctl_cancel).await;
+        let ctl = start_controller(
+            &broker,
+            &topics,
+            dir.path(),
+            speed,
+            devices,
+            audit,
+            &ctl_cancel,
+        )
+        .await;
         Rig {
             broker,
             dir,
@@ -297,6 +318,33 @@ impl Rig {
         since.elapsed()
     }
 
+    /// Stops everything after the audit log failed: the controller reports that it could not
+    /// close the log cleanly; what was written still verifies.
+    async fn finish_after_audit_failure(mut self) -> (PathBuf, tempfile::TempDir) {
+        self.ctl_cancel.cancel();
+        if let Some(c) = self.ctl.take() {
+            let r = tokio::time::timeout(WAIT, c.join())
+                .await
+                .expect("controller stops");
+            let e = r.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains("audit"), "the controller's exit: {e:?}");
+        }
+        self.sim_cancel.cancel();
+        if let Some(s) = self.sim.take() {
+            tokio::time::timeout(WAIT, s.join())
+                .await
+                .expect("sim stops");
+        }
+        self.watch_cancel.cancel();
+        let dir = self.audit_dir();
+        let report = modalis_audit::verify(&dir).expect("audit log readable");
+        // The tail after the last checkpoint may be reported as unconfirmed; the chain itself
+        // must be intact.
+        assert!(report.records > 0, "{report}");
+        drop(self.broker);
+        (dir, self.dir)
+    }
+
     /// Stops the controller and the simulator, and checks the audit log verifies.
     async fn finish(mut self) -> (PathBuf, tempfile::TempDir) {
         self.ctl_cancel.cancel();
@@ -327,6 +375,7 @@ async fn start_controller(
     dir: &Path,
     speed: u32,
     devices: Vec<String>,
+    audit: AuditConfig,
     cancel: &CancellationToken,
 ) -> ControllerHandle {
     let bus = broker.config("unused", topics, CONTROLLER_USER);
@@ -340,6 +389,7 @@ async fn start_controller(
     cfg.plugin_trust = modalis::controller::PluginTrust::development().expect("dev key");
     cfg.speed = speed;
     cfg.devices = devices;
+    cfg.audit = audit;
     Controller::start(cfg, cancel.clone())
         .await
         .expect("controller starts")
@@ -1106,6 +1156,80 @@ async fn telemetry_stamped_far_from_now_or_out_of_sequence_is_refused_and_audite
         })
         .count();
     assert_eq!(forged, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stops_every_source_raises_a_high_alarm_and_sends_no_unaudited_energy() {
+    // The audit log refuses every write past 150 records, as a full disk would: a couple of
+    // seconds into the session (heat pads and TENS, with their telemetry audited).
+    let rig = Rig::start_with(
+        TestBroker::embedded().await,
+        "e2e-disk",
+        Some(protocol_text(&format!("{HEAT}{TENS}"))),
+        60,
+        BTreeMap::new(),
+        AuditConfig {
+            fail_writes_after: Some(150),
+            ..AuditConfig::default()
+        },
+    )
+    .await;
+    let p = rig.run().await;
+    rig.energised("mire-pads").await;
+    let alarm = rig
+        .watcher
+        .wait_for("the audit alarm", |s| {
+            matches!(&s.message, Inbound::Alarm(a) if a.rule == "audit.unavailable" && a.priority == AlarmPriority::High)
+        })
+        .await;
+    let took = rig
+        .all_off(alarm.at, Duration::from_millis(LEASE_PERIOD_MS))
+        .await;
+    println!("audit log full: every source off {took:?} after the alarm");
+    let snap = rig.ctl().snapshot(&p.session).await.expect("snapshot");
+    assert_eq!(snap.state, SessionState::EStopped, "{snap:?}");
+    // Nothing delivers again: no energy command leaves while the log cannot take it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!rig.any_energised());
+    // Every energy command a device received had its record written first; only stops may
+    // go out unaudited (a stop is never held back).
+    let received: Vec<(String, bool)> = rig
+        .watcher
+        .all()
+        .into_iter()
+        .filter_map(|s| match s.message {
+            Inbound::Command(c) => Some((
+                c.command_id,
+                matches!(c.action, CommandAction::Stop { .. })
+                    || matches!(
+                        c.action,
+                        CommandAction::Set {
+                            setpoint: Setpoint::Off,
+                            ..
+                        }
+                    ),
+            )),
+            _ => None,
+        })
+        .collect();
+    let (dir, _keep) = rig.finish_after_audit_failure().await;
+    let logged: std::collections::BTreeSet<String> = audit_events(&dir)
+        .into_iter()
+        .filter_map(|r| match r.event {
+            Event::Command { command_id } => Some(command_id),
+            _ => None,
+        })
+        .collect();
+    let unaudited_energy: Vec<&String> = received
+        .iter()
+        .filter(|(id, stop)| !stop && !logged.contains(id))
+        .map(|(id, _)| id)
+        .collect();
+    assert!(
+        unaudited_energy.is_empty(),
+        "energy commands published without their audit record: {unaudited_energy:?}"
+    );
+    assert!(received.iter().any(|(_, stop)| *stop), "no stop was sent");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
