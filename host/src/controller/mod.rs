@@ -339,6 +339,8 @@ pub struct ControllerStats {
     pub publish_failures: u64,
     /// Audit appends that failed.
     pub audit_failures: u64,
+    /// Inbound messages the bus's bounded inbox dropped (a flood), as of this snapshot.
+    pub dropped_inbound: u64,
 }
 
 /// What a UI can follow.
@@ -744,6 +746,8 @@ struct Core {
     audit_failure: Option<String>,
     /// The audit log failed: every source was stopped; no energy command goes out.
     audit_broken: bool,
+    /// Inbound messages the bus had dropped at the last alarm about it, and when.
+    drops: (u64, Option<Instant>),
 }
 
 /// Most rejected inbound messages audited one by one per second; the rest are counted.
@@ -937,6 +941,7 @@ impl Core {
             previous,
             audit_failure: None,
             audit_broken: false,
+            drops: (0, None),
             id: config.controller_id,
             topics,
             speed: config.speed.max(1),
@@ -999,8 +1004,41 @@ impl Core {
             }
             self.flush().await;
             self.on_audit_failure().await;
+            self.check_inbound_drops().await;
         }
         self.shutdown().await
+    }
+
+    /// A flood (a device gone mad, or an attack) fills the bus's bounded inbox, which drops
+    /// and counts rather than grow: memory stays bounded and the loop keeps up with the
+    /// devices it supervises. The operator is told, at most once every 10 s, with the count.
+    async fn check_inbound_drops(&mut self) {
+        const EVERY: Duration = Duration::from_secs(10);
+        let now = Instant::now();
+        if self
+            .drops
+            .1
+            .is_some_and(|at| now.duration_since(at) < EVERY)
+        {
+            return;
+        }
+        let dropped = self.bus.stats().dropped_inbound;
+        if dropped <= self.drops.0 {
+            return;
+        }
+        let new = dropped - self.drops.0;
+        self.drops = (dropped, Some(now));
+        self.alarm(
+            None,
+            None,
+            None,
+            AlarmPriority::Medium,
+            "mqtt.inbound_dropped",
+            format!(
+                "{new} inbound messages dropped: they arrived faster than the controller takes them (a flood); every device's staleness limit still applies"
+            ),
+        )
+        .await;
     }
 
     // ---------------------------------------------------------------------------------
@@ -2180,7 +2218,9 @@ impl Core {
                 let _ = reply.send(self.snapshot(&session));
             }
             Request::Stats { reply } => {
-                let _ = reply.send(self.stats);
+                let mut st = self.stats;
+                st.dropped_inbound = self.bus.stats().dropped_inbound;
+                let _ = reply.send(st);
             }
         }
     }

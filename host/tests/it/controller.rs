@@ -1232,6 +1232,105 @@ async fn a_full_disk_stops_every_source_raises_a_high_alarm_and_sends_no_unaudit
     assert!(received.iter().any(|(_, stop)| *stop), "no stop was sent");
 }
 
+async fn flood(broker: TestBroker) {
+    let name = format!("e2e-flood-{}", broker.name());
+    let rig = Rig::start(
+        broker,
+        &name,
+        Some(protocol_text(&format!("{HEAT}{TENS}"))),
+        60,
+        BTreeMap::new(),
+    )
+    .await;
+    let p = rig.run().await;
+    rig.energised("mire-pads").await;
+    rig.energised("tens-2ch").await;
+    let cancel = CancellationToken::new();
+    let mut c: BusConfig = rig.broker.config("flooder", &rig.topics, DEVICE_USER);
+    c.subscriptions = vec![];
+    c.request_capacity = 4096;
+    let bus = Bus::start(c, cancel.clone()).expect("bus");
+    bus.handle.wait_connected(WAIT).await.expect("connects");
+    let tele = rig.topics.device_telemetry("tens-2ch").expect("topic");
+    let reading = |seq: u64| {
+        format!(
+            r#"{{"seq":{seq},"ts_ms":{},"device":"tens-2ch","channel":"ch1","measurement":{{"kind":"impedance_ohm","value":500}},"delivering":true,"lease_id":null}}"#,
+            modalis::bus::payload::wall_clock_ms()
+        )
+    };
+    let raw = |payload: Vec<u8>| modalis::bus::OutboundMessage {
+        topic: tele.clone(),
+        payload,
+        qos: Qos::AtMostOnce,
+        retain: false,
+    };
+    // Two seconds at about 2000 messages a second: a hundred times the simulator's 20 per
+    // second for the device, with an oversized payload (just under the broker's limit) every
+    // 200 messages.
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while started.elapsed() < Duration::from_secs(2) {
+        for _ in 0..20 {
+            sent += 1;
+            let payload = if sent % 200 == 0 {
+                vec![b' '; modalis::broker::MAX_PAYLOAD_BYTES - 4096]
+            } else {
+                reading(1_000_000 + sent).into_bytes()
+            };
+            bus.handle
+                .publish_message(raw(payload))
+                .await
+                .expect("sent");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The controller is still connected, the session still running, and the heat pads (whose
+    // telemetry was never stale) were not stopped for staleness.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let snap = rig.ctl().snapshot(&p.session).await.expect("snapshot");
+    assert_eq!(snap.state, SessionState::Running, "{snap:?}");
+    let stale = rig.watcher.all().into_iter().any(|s| {
+        matches!(&s.message, Inbound::Alarm(a) if a.rule == "run.stale" && a.device.as_deref() == Some("mire-pads"))
+    });
+    assert!(
+        !stale,
+        "the heat pads' telemetry went stale during the flood"
+    );
+    let st = rig.ctl().stats().await.expect("stats");
+    println!("flood on {name}: {sent} messages sent in 2 s; controller {st:?}");
+    assert!(
+        st.rejected_inbound > 0,
+        "the oversized messages were refused: {st:?}"
+    );
+    // Whatever the bounded inbox dropped, the operator heard of.
+    let dropped = rig
+        .watcher
+        .all()
+        .into_iter()
+        .any(|s| matches!(&s.message, Inbound::Alarm(a) if a.rule == "mqtt.inbound_dropped"));
+    assert_eq!(
+        dropped,
+        st.dropped_inbound > 0,
+        "drops and their alarm disagree: {st:?}"
+    );
+    rig.ctl()
+        .abort(&p.session, "test over")
+        .await
+        .expect("abort");
+    cancel.cancel();
+    rig.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_telemetry_flood_from_one_device_leaves_the_others_supervised_on_rumqttd() {
+    flood(TestBroker::embedded().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_telemetry_flood_from_one_device_leaves_the_others_supervised_on_mosquitto() {
+    flood(TestBroker::mosquitto()).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn illegal_transitions_are_refused_with_a_reason_and_pause_resume_holds_the_clock() {
     let rig = Rig::start(
