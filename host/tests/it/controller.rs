@@ -1272,7 +1272,7 @@ async fn flood(broker: TestBroker) {
     while started.elapsed() < Duration::from_secs(2) {
         for _ in 0..20 {
             sent += 1;
-            let payload = if sent % 200 == 0 {
+            let payload = if sent.is_multiple_of(200) {
                 vec![b' '; modalis::broker::MAX_PAYLOAD_BYTES - 4096]
             } else {
                 reading(1_000_000 + sent).into_bytes()
