@@ -6,6 +6,7 @@ mod bus;
 mod cli;
 mod controller;
 mod first_party;
+mod malformed;
 mod plugin_new;
 mod protocol;
 mod runtime;
