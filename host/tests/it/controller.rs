@@ -193,17 +193,18 @@ impl Rig {
         speed: u32,
         faults: BTreeMap<String, Faults>,
     ) -> Rig {
-        Rig::start_with(broker, name, text, speed, faults, AuditConfig::default()).await
+        Rig::start_with(broker, name, text, speed, faults, |_| {}).await
     }
 
-    /// [`Rig::start`] with the controller's audit log configured (an injected full disk).
+    /// [`Rig::start`] with the controller's configuration changed by `tweak` (an injected
+    /// full disk, a small inbox).
     async fn start_with(
         broker: TestBroker,
         name: &str,
         text: Option<String>,
         speed: u32,
         faults: BTreeMap<String, Faults>,
-        audit: AuditConfig,
+        tweak: impl FnOnce(&mut ControllerConfig),
     ) -> Rig {
         let dir = tempfile::tempdir().expect("tempdir");
         let (file, text) = match text {
@@ -245,7 +246,7 @@ impl Rig {
             dir.path(),
             speed,
             devices,
-            audit,
+            tweak,
             &ctl_cancel,
         )
         .await;
@@ -375,7 +376,7 @@ async fn start_controller(
     dir: &Path,
     speed: u32,
     devices: Vec<String>,
-    audit: AuditConfig,
+    tweak: impl FnOnce(&mut ControllerConfig),
     cancel: &CancellationToken,
 ) -> ControllerHandle {
     let bus = broker.config("unused", topics, CONTROLLER_USER);
@@ -389,7 +390,7 @@ async fn start_controller(
     cfg.plugin_trust = modalis::controller::PluginTrust::development().expect("dev key");
     cfg.speed = speed;
     cfg.devices = devices;
-    cfg.audit = audit;
+    tweak(&mut cfg);
     Controller::start(cfg, cancel.clone())
         .await
         .expect("controller starts")
@@ -1168,9 +1169,11 @@ async fn a_full_disk_stops_every_source_raises_a_high_alarm_and_sends_no_unaudit
         Some(protocol_text(&format!("{HEAT}{TENS}"))),
         60,
         BTreeMap::new(),
-        AuditConfig {
-            fail_writes_after: Some(150),
-            ..AuditConfig::default()
+        |c| {
+            c.audit = AuditConfig {
+                fail_writes_after: Some(150),
+                ..AuditConfig::default()
+            }
         },
     )
     .await;
@@ -1232,14 +1235,19 @@ async fn a_full_disk_stops_every_source_raises_a_high_alarm_and_sends_no_unaudit
     assert!(received.iter().any(|(_, stop)| *stop), "no stop was sent");
 }
 
-async fn flood(broker: TestBroker) {
-    let name = format!("e2e-flood-{}", broker.name());
-    let rig = Rig::start(
+async fn flood(broker: TestBroker, inbox: Option<usize>) {
+    let name = format!("e2e-flood-{}-{}", broker.name(), inbox.unwrap_or(0));
+    let rig = Rig::start_with(
         broker,
         &name,
         Some(protocol_text(&format!("{HEAT}{TENS}"))),
         60,
         BTreeMap::new(),
+        |c| {
+            if let Some(n) = inbox {
+                c.bus.inbound_capacity = n;
+            }
+        },
     )
     .await;
     let p = rig.run().await;
@@ -1284,18 +1292,20 @@ async fn flood(broker: TestBroker) {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // The controller is still connected, the session still running, and the heat pads (whose
-    // telemetry was never stale) were not stopped for staleness.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let snap = rig.ctl().snapshot(&p.session).await.expect("snapshot");
-    assert_eq!(snap.state, SessionState::Running, "{snap:?}");
-    let stale = rig.watcher.all().into_iter().any(|s| {
-        matches!(&s.message, Inbound::Alarm(a) if a.rule == "run.stale" && a.device.as_deref() == Some("mire-pads"))
-    });
-    assert!(
-        !stale,
-        "the heat pads' telemetry went stale during the flood"
-    );
+    if inbox.is_none() {
+        // The controller is still connected, the session still running, and the heat pads
+        // (whose telemetry was never stale) were not stopped for staleness.
+        let snap = rig.ctl().snapshot(&p.session).await.expect("snapshot");
+        assert_eq!(snap.state, SessionState::Running, "{snap:?}");
+        let stale = rig.watcher.all().into_iter().any(|s| {
+            matches!(&s.message, Inbound::Alarm(a) if a.rule == "run.stale" && a.device.as_deref() == Some("mire-pads"))
+        });
+        assert!(
+            !stale,
+            "the heat pads' telemetry went stale during the flood"
+        );
+    }
     let st = rig.ctl().stats().await.expect("stats");
     println!("flood on {name}: {sent} messages sent in 2 s; controller {st:?}");
     assert!(
@@ -1313,6 +1323,12 @@ async fn flood(broker: TestBroker) {
         st.dropped_inbound > 0,
         "drops and their alarm disagree: {st:?}"
     );
+    if inbox.is_some() {
+        assert!(
+            st.dropped_inbound > 0,
+            "a small inbox dropped nothing: {st:?}"
+        );
+    }
     rig.ctl()
         .abort(&p.session, "test over")
         .await
@@ -1323,12 +1339,18 @@ async fn flood(broker: TestBroker) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_telemetry_flood_from_one_device_leaves_the_others_supervised_on_rumqttd() {
-    flood(TestBroker::embedded().await).await;
+    flood(TestBroker::embedded().await, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_that_overflows_the_inbox_is_dropped_counted_and_alarmed() {
+    // An inbox of 4 messages cannot hold the flood: drops, counted, and the operator told.
+    flood(TestBroker::embedded().await, Some(4)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_telemetry_flood_from_one_device_leaves_the_others_supervised_on_mosquitto() {
-    flood(TestBroker::mosquitto()).await;
+    flood(TestBroker::mosquitto(), None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
