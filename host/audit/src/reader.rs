@@ -32,7 +32,14 @@ impl AuditReader {
     /// Opens an existing log in `dir`. Fails with [`AuditError::NotFound`] if there is none
     /// and [`AuditError::Locked`] if another process holds it without serving a feed.
     pub fn open(dir: &Path) -> Result<AuditReader, AuditError> {
-        let source = match Store::open(dir, false) {
+        // A feed socket means a controller may be writing: then a held lock is its lock, and
+        // the reader switches to the feed at once instead of waiting for the lock.
+        let patience = if FeedClient::socket(dir).exists() {
+            std::time::Duration::ZERO
+        } else {
+            std::time::Duration::from_secs(1)
+        };
+        let source = match Store::open_waiting(dir, false, patience) {
             Ok(store) => Source::Local(store),
             Err(AuditError::Locked { path }) => {
                 if FeedClient::socket(dir).exists() {

@@ -35,22 +35,42 @@ impl Store {
     /// Opens the database in `dir`. With `create` false, a directory without one is an error
     /// rather than a new empty log (so `verify` of a mistyped path does not pass).
     pub(crate) fn open(dir: &Path, create: bool) -> Result<Store, AuditError> {
+        Store::open_waiting(dir, create, std::time::Duration::from_secs(1))
+    }
+
+    /// [`Store::open`], waiting at most `patience` for a lock held by a handle just closed.
+    pub(crate) fn open_waiting(
+        dir: &Path,
+        create: bool,
+        patience: std::time::Duration,
+    ) -> Result<Store, AuditError> {
         let sled_dir = dir.join(layout::SLED_DIR);
         if !create && !sled_dir.join("db").is_file() {
             return Err(AuditError::NotFound {
                 dir: dir.to_path_buf(),
             });
         }
-        let db = sled::Config::new().path(&sled_dir).open().map_err(|e| {
-            // sled reports its exclusive file lock only as an I/O error with this text.
-            if e.to_string().contains("could not acquire lock") {
-                AuditError::Locked {
-                    path: sled_dir.clone(),
+        // sled releases its file lock when the last handle on a database goes, and its
+        // flusher thread can hold one for a moment after the owner closed it: reopening in
+        // the same process right after a close (a restarted controller, `verify` after a
+        // session) may find the lock still held. A lock held that briefly is waited for; one
+        // held for longer belongs to a live writer and is reported.
+        let started = std::time::Instant::now();
+        let db = loop {
+            match sled::Config::new().path(&sled_dir).open() {
+                Ok(db) => break db,
+                // sled reports its exclusive file lock only as an I/O error with this text.
+                Err(e) if e.to_string().contains("could not acquire lock") => {
+                    if started.elapsed() >= patience {
+                        return Err(AuditError::Locked {
+                            path: sled_dir.clone(),
+                        });
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
                 }
-            } else {
-                AuditError::db(&sled_dir, e)
+                Err(e) => return Err(AuditError::db(&sled_dir, e)),
             }
-        })?;
+        };
         let records = db
             .open_tree(layout::RECORDS_TREE)
             .map_err(|e| AuditError::db(&sled_dir, e))?;
