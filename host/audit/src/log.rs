@@ -42,9 +42,11 @@ pub struct AuditConfig {
     /// Capacity of the channel to the writer thread. When it is full, appends block: the
     /// log slows the callers down rather than dropping records.
     pub queue: usize,
-    /// Fault injection for tests of what the caller does when the disk fills: every batch
+    /// Fault injection for tests of what the caller does when the disk fills: the first batch
     /// that would take the log past this many records fails as a full disk does
-    /// (`AuditError::Write`), and nothing of it is written. `None` (the default) in use.
+    /// (`AuditError::Write`), nothing of it is written, and every later batch fails too (a
+    /// full disk stays full; a smaller batch must not slip in under the limit). `None` (the
+    /// default) in use.
     pub fail_writes_after: Option<u64>,
 }
 
@@ -144,6 +146,7 @@ impl AuditLog {
             last_cp,
             last_cp_at: Instant::now(),
             lost: 0,
+            injected_full: false,
             config,
         };
         let handle = std::thread::Builder::new()
@@ -410,6 +413,8 @@ struct Writer {
     /// Telemetry records that failed to be written since the last `flush_pending`.
     lost: u64,
     config: AuditConfig,
+    /// Set once `fail_writes_after` has tripped.
+    injected_full: bool,
 }
 
 struct Pending {
@@ -593,10 +598,12 @@ impl Writer {
             });
         }
         if seq > self.count {
-            let injected = self
+            self.injected_full |= self
                 .config
                 .fail_writes_after
-                .is_some_and(|limit| seq > limit)
+                .is_some_and(|limit| seq > limit);
+            let injected = self
+                .injected_full
                 .then(|| AuditError::Write("injected fault: no space left on device".into()));
             let written = match injected {
                 Some(e) => Err(e),
@@ -640,6 +647,12 @@ impl Writer {
             && cp.count == self.count
         {
             return Ok(cp.clone());
+        }
+        if self.injected_full {
+            // A full disk takes the checkpoint file's append as well.
+            return Err(AuditError::Write(
+                "injected fault: no space left on device (checkpoint)".into(),
+            ));
         }
         // The records are flushed (every commit flushes), but sled's flush is not an fsync
         // (sled #1452). fsync its files now so that a checkpoint never covers a record a

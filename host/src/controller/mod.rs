@@ -744,8 +744,9 @@ struct Core {
     previous: modalis_audit::PreviousRun,
     /// The first audit write that failed, not yet acted on.
     audit_failure: Option<String>,
-    /// The audit log failed: every source was stopped; no energy command goes out.
-    audit_broken: bool,
+    /// The audit log failed (why, the first time): every source was stopped; no energy
+    /// command goes out, and the controller's exit reports it.
+    audit_broken: Option<String>,
     /// Inbound messages the bus had dropped at the last alarm about it, and when.
     drops: (u64, Option<Instant>),
 }
@@ -940,7 +941,7 @@ impl Core {
         Ok(Core {
             previous,
             audit_failure: None,
-            audit_broken: false,
+            audit_broken: None,
             drops: (0, None),
             id: config.controller_id,
             topics,
@@ -1466,7 +1467,7 @@ impl Core {
                 if energy {
                     continue;
                 }
-            } else if energy && self.audit_broken {
+            } else if energy && self.audit_broken.is_some() {
                 // Written this time, but the log failed before: stay stopped.
                 continue;
             }
@@ -1768,7 +1769,7 @@ impl Core {
     /// Remembers the first audit failure; the loop acts on it (`on_audit_failure`) once the
     /// current input is handled.
     fn audit_failed(&mut self, why: String) {
-        if !self.audit_broken && self.audit_failure.is_none() {
+        if self.audit_broken.is_none() && self.audit_failure.is_none() {
             self.audit_failure = Some(why);
         }
     }
@@ -1781,7 +1782,7 @@ impl Core {
         let Some(why) = self.audit_failure.take() else {
             return;
         };
-        self.audit_broken = true;
+        self.audit_broken = Some(why.clone());
         tracing::error!(error = %why, "the audit log cannot be written: stopping every source");
         self.estop(
             "controller",
@@ -2813,11 +2814,23 @@ impl Core {
             },
         )
         .payload(serde_json::to_value(self.stats).unwrap_or(serde_json::Value::Null));
-        let mut result = Ok(());
-        if let Err(e) = self.audit.append(e) {
+        // A log that failed during the run is reported even if the last records fit: the
+        // record of this run has a gap, and whoever restarts the controller must know.
+        let mut result = match &self.audit_broken {
+            Some(why) => Err(format!(
+                "audit: the log could not be written during this run: {why}"
+            )),
+            None => Ok(()),
+        };
+        // The first failure is the one worth reading; later ones follow from it.
+        if let Err(e) = self.audit.append(e)
+            && result.is_ok()
+        {
             result = Err(format!("audit: {e}"));
         }
-        if let Err(e) = self.audit.close() {
+        if let Err(e) = self.audit.close()
+            && result.is_ok()
+        {
             result = Err(format!("audit close: {e}"));
         }
         // A checkpoint thread holds a handle on the log, and with it sled's lock on the

@@ -239,3 +239,41 @@ fn periodic_checkpoints_follow_the_record_count() {
     assert!(r.is_ok(), "{r}");
     assert_eq!(r.checkpoints, 4, "at 10, 20, 30 and the explicit one at 35");
 }
+
+#[test]
+fn an_injected_full_disk_stays_full_and_loses_nothing_already_written() {
+    // The fault knob stands in for a full disk in the controller's tests, so it must behave
+    // like one: once a batch fails, a smaller record that would still fit under the limit
+    // fails too, and so does the checkpoint; what was written before stays and verifies.
+    let dir = TempDir::new().expect("tempdir");
+    let config = modalis_audit::AuditConfig {
+        fail_writes_after: Some(5),
+        ..manual_checkpoints()
+    };
+    let log = AuditLog::open_with(dir.path(), "clinic-1", config).expect("open");
+    for i in 0..3 {
+        assert_eq!(log.append(entry(i)).expect("append"), i);
+    }
+    log.checkpoint().expect("checkpoint before the fault");
+    assert_eq!(log.append(entry(3)).expect("still under the limit"), 3);
+    let batch = log.append_batch((4..8).map(entry).collect());
+    assert!(
+        batch.iter().all(|r| matches!(r, Err(AuditError::Write(_)))),
+        "{batch:?}"
+    );
+    let one = log.append(entry(4)).expect_err("the disk is still full");
+    assert!(matches!(one, AuditError::Write(_)), "{one}");
+    log.append_queued(entry(4)).expect("queued");
+    assert!(log.flush_pending().is_err(), "the queued record was lost");
+    assert!(
+        log.close().is_err(),
+        "the closing checkpoint (record 3 is not covered yet) cannot be written"
+    );
+    let reader = AuditReader::open(dir.path()).expect("open");
+    let events: Vec<_> = reader.records().map(|r| r.expect("record").event).collect();
+    drop(reader);
+    assert_eq!(events, (0..4).map(|i| entry(i).event).collect::<Vec<_>>());
+    let r = report(dir.path());
+    assert!(r.is_ok(), "{r}");
+    assert_eq!((r.confirmed(), r.records), (3, 4), "{r}");
+}
