@@ -167,6 +167,9 @@ rules! {
     RUN_IMPEDANCE = "run.impedance", "FDA special controls ask for impedance monitoring [S]: impedance rising means current density rising: stop";
     /// The lease of an energised source lapsed.
     RUN_LEASE = "run.lease", "fail-safe leases (Pajic et al., PMC3810414; Feng et al. 2014 [S])";
+    /// A plugin failed in its closed loop mid-session (a trap, a hang cut off by its fuel or
+    /// deadline, memory refused): its block stops, or the session, per the protocol.
+    RUN_PLUGIN_FAULT = "run.plugin_fault", "design brief: plugins are untrusted and sandboxed; IEC 60601-1 single fault condition [K]: a failed control element leaves its source safe (off)";
     /// The step's time is over.
     RUN_STEP_END = "run.step_end", "approved plan timing";
     /// Operator actions (reset, re-enable).

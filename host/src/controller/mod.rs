@@ -50,7 +50,7 @@ use crate::bus::topics::{TopicKind, Topics, check_id};
 use crate::bus::{Bus, BusConfig, BusEvent, BusHandle, Inbox, OutboundMessage, Qos};
 use crate::plugin::signing::{SignatureError, TrustStore};
 use crate::plugin::{Plugin, PluginRuntime, RuntimeConfig};
-use crate::protocol::{Protocol, ProtocolError};
+use crate::protocol::{PluginFaultPolicy, Protocol, ProtocolError};
 use crate::session::machine::{self, SessionEvent};
 
 pub use clock::SessionClock;
@@ -1065,7 +1065,7 @@ impl Core {
             at(s.next_status);
             at(Some(Instant::now() + self.watchdog_every));
             if s.next >= s.steps.len() {
-                at(s.clock.instant_of(s.total_ms));
+                at(s.clock.instant_of(s.end_ms()));
             }
         }
         wake
@@ -1097,7 +1097,10 @@ impl Core {
             if st.start_ms > t {
                 break;
             }
-            due.push((st.clone(), s.clock.instant_of(st.start_ms)));
+            // A block stopped after its plugin failed runs no further step.
+            if !s.block_failed(&st.step.block_id) {
+                due.push((st.clone(), s.clock.instant_of(st.start_ms)));
+            }
             s.next += 1;
         }
         for (st, at) in due {
@@ -1123,7 +1126,7 @@ impl Core {
             return;
         };
         let finished = s.next >= s.steps.len()
-            && t >= s.total_ms
+            && t >= s.end_ms()
             && !s.supervisor.as_ref().is_some_and(|sup| sup.any_energised());
         if finished {
             self.transition(
@@ -2039,6 +2042,8 @@ impl Core {
         } else {
             sup.observe(&sample, ts)
         };
+        // The closed loop sees only readings that describe the setpoint now running.
+        let feed_loop = !before_command;
         // The supervisor's stops (this very sample may have tripped the source) go out
         // first; only then is the sample judged against them.
         self.carry_out(Some(&id), actions, ts).await;
@@ -2088,6 +2093,260 @@ impl Core {
                 &t.device,
                 &t.channel,
                 "still delivering after a stop".into(),
+            )
+            .await;
+        } else if feed_loop {
+            self.closed_loop(&id, &t).await;
+        }
+    }
+
+    /// Feeds a reading to the closed loop of the block whose step is running on its channel
+    /// (the plugin's `on-telemetry`, on that block's own instance). Adjustments go the way
+    /// every command goes: supervisor (only inside the approved step's envelope), audit,
+    /// MQTT. A plugin that fails here (trap, hang, memory) stops its block, or the session,
+    /// per the protocol's `on_plugin_fault`; the controller and the other blocks go on.
+    async fn closed_loop(&mut self, id: &str, t: &DeviceTelemetry) {
+        let now = Instant::now();
+        let Some(s) = self.stations.get_mut(id) else {
+            return;
+        };
+        if s.state != SessionState::Running
+            || !s
+                .supervisor
+                .as_ref()
+                .is_some_and(|sup| sup.is_energised(&t.device, &t.channel))
+        {
+            return;
+        }
+        let ts = s.clock.at(now);
+        let Some(st) = s.running_step(&t.device, &t.channel, ts).cloned() else {
+            return;
+        };
+        let Some(lp) = s.loops.get_mut(&st.step.block_id) else {
+            return;
+        };
+        if lp.failed.is_some() {
+            return;
+        }
+        // The plugin sees its step as it planned it: offsets from its block's start.
+        let step = modalis_sdk::PlanStep {
+            offset_ms: st.start_ms.saturating_sub(lp.start_ms),
+            duration_ms: st.end_ms.saturating_sub(st.start_ms),
+            channel: st.channel.clone(),
+            site: st.site.clone(),
+            setpoint: st.setpoint,
+            label: st.label.clone(),
+        };
+        let sample = modalis_sdk::TelemetrySample {
+            channel: t.channel.clone(),
+            elapsed_ms: ts.saturating_sub(lp.start_ms),
+            measurement: t.measurement,
+        };
+        match lp.plugin.on_telemetry(&step, &sample) {
+            Ok(adjustments) => {
+                let label = lp.plugin.label().to_string();
+                self.adjust(id, &st, &label, adjustments, ts).await;
+            }
+            Err(e) => {
+                let label = lp.plugin.label().to_string();
+                self.plugin_fault(id, &st, &label, e.to_string(), ts).await;
+            }
+        }
+    }
+
+    /// Sends a block's closed-loop adjustments that change its channel's setpoint by enough
+    /// to matter, each admitted by the supervisor first.
+    async fn adjust(
+        &mut self,
+        id: &str,
+        st: &station::Sched,
+        plugin: &str,
+        adjustments: Vec<modalis_sdk::Adjustment>,
+        t: u64,
+    ) {
+        for adj in adjustments {
+            let Some(s) = self.stations.get_mut(id) else {
+                return;
+            };
+            let Some(sup) = s.supervisor.as_mut() else {
+                return;
+            };
+            let d = if adj.channel == st.channel {
+                if !material_change(&sup.current(&st.device, &st.channel), &adj.setpoint) {
+                    continue;
+                }
+                let cmd = Command {
+                    device_id: st.device.clone(),
+                    channel: st.channel.clone(),
+                    site: st.site.clone(),
+                    setpoint: adj.setpoint,
+                    step: st.step.clone(),
+                };
+                sup.admit(&cmd, t)
+            } else {
+                // A loop may adjust only the step whose reading it was given.
+                modalis_governor::Decision {
+                    admission: modalis_governor::Admission::Refuse,
+                    rule: rules::RUN_NOT_IN_PLAN.id,
+                    reason: format!(
+                        "an adjustment for channel {:?} from the loop of {:?}",
+                        adj.channel, st.channel
+                    )
+                    .into(),
+                    values: Vec::new(),
+                    source: rules::RUN_NOT_IN_PLAN.source,
+                    lease: None,
+                    at_ms: t,
+                }
+            };
+            if !d.admitted() {
+                s.counters.refused += 1;
+                let first = s.loops.get_mut(&st.step.block_id).is_some_and(|lp| {
+                    lp.refused += 1;
+                    lp.refused == 1
+                });
+                self.audit_decision(
+                    id,
+                    &st.device,
+                    d.rule,
+                    AuditDecision::Reject,
+                    serde_json::json!({"step": st.step, "plugin": plugin, "adjustment": adj, "reason": d.reason, "values": d.values, "source": d.source}),
+                );
+                if first {
+                    self.alarm(
+                        Some(id),
+                        Some(&st.device),
+                        Some(&st.channel),
+                        AlarmPriority::Low,
+                        d.rule,
+                        format!(
+                            "plugin {plugin}: closed-loop adjustment of step {} refused ({}); the step goes on at its last admitted setpoint, and further refusals are audited without an alarm",
+                            st.step, d.reason
+                        ),
+                    )
+                    .await;
+                }
+                continue;
+            }
+            match (adj.setpoint, d.lease) {
+                (Setpoint::Off, _) => {
+                    self.stop_source(
+                        Some(id),
+                        &st.device,
+                        &st.channel,
+                        format!("step {}: off by its closed loop", st.step),
+                    )
+                    .await;
+                }
+                (sp, Some(lease)) => {
+                    let grant = self.grant(id, &lease, t);
+                    if let Some(s) = self.stations.get_mut(id) {
+                        let key = (st.device.clone(), st.channel.clone());
+                        s.set_lease.insert(key.clone(), grant.id);
+                        s.leases.insert(key, lease);
+                    }
+                    self.send(
+                        Some(id),
+                        &st.device,
+                        &st.channel,
+                        Some(StepRef::from(&st.step)),
+                        CommandAction::Set {
+                            setpoint: sp,
+                            lease: grant,
+                        },
+                        None,
+                    );
+                }
+                (_, None) => {
+                    tracing::error!(step = %st.step, "adjustment admitted without a lease: not sent");
+                }
+            }
+        }
+    }
+
+    /// A block's plugin failed in its closed loop: the block stops (its energised channels
+    /// now, its later steps never), or the whole session does, per the protocol. A medium
+    /// alarm: the source is already safe, but the operator must know the therapy changed.
+    async fn plugin_fault(
+        &mut self,
+        id: &str,
+        st: &station::Sched,
+        plugin: &str,
+        why: String,
+        t: u64,
+    ) {
+        let block = st.step.block_id.clone();
+        let Some(s) = self.stations.get_mut(id) else {
+            return;
+        };
+        let policy = s.on_plugin_fault;
+        if let Some(lp) = s.loops.get_mut(&block) {
+            lp.failed = Some(why.clone());
+            // Drop the failed instance now; nothing of it is called again.
+            lp.plugin = lp.plugin.fork();
+        }
+        // The block's channels that are running one of its steps now.
+        let channels: Vec<(String, String)> = s
+            .supervisor
+            .as_ref()
+            .map(|sup| sup.energised())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(d, c)| {
+                s.running_step(d, c, t)
+                    .is_some_and(|r| r.step.block_id == block)
+            })
+            .collect();
+        let stops = match policy {
+            PluginFaultPolicy::StopBlock => "its block was stopped",
+            PluginFaultPolicy::StopSession => "the session was stopped (on_plugin_fault)",
+        };
+        let reason =
+            format!("block {block}: plugin {plugin} failed mid-session and {stops}: {why}");
+        tracing::error!(session = id, %block, %plugin, error = %why, "plugin fault mid-session");
+        self.audit_decision(
+            id,
+            &st.device,
+            rules::RUN_PLUGIN_FAULT.id,
+            AuditDecision::Stop,
+            serde_json::json!({"block": block, "plugin": plugin, "error": why, "policy": format!("{policy:?}"), "channels": channels, "source": rules::RUN_PLUGIN_FAULT.source}),
+        );
+        if let Some(sup) = self
+            .stations
+            .get_mut(id)
+            .and_then(|s| s.supervisor.as_mut())
+        {
+            for (d, c) in &channels {
+                let _ = sup.admit(&off_command(d, c), t);
+            }
+        }
+        for (d, c) in &channels {
+            self.stop_source(
+                Some(id),
+                d,
+                c,
+                format!("{}: {reason}", rules::RUN_PLUGIN_FAULT.id),
+            )
+            .await;
+        }
+        self.flush().await;
+        self.alarm(
+            Some(id),
+            Some(&st.device),
+            None,
+            AlarmPriority::Medium,
+            rules::RUN_PLUGIN_FAULT.id,
+            reason.clone(),
+        )
+        .await;
+        if policy == PluginFaultPolicy::StopSession {
+            self.stop_all(id, &reason).await;
+            self.transition(
+                id,
+                SessionEvent::Abort {
+                    reason: reason.clone(),
+                },
+                Some(reason),
             )
             .await;
         }
@@ -2477,6 +2736,10 @@ impl Core {
         if let Some(s) = self.stations.get_mut(id) {
             s.clock.hold(Instant::now());
             s.next_renew = None;
+            // Release the closed loops' warm instances (pool slots); what failed is kept.
+            for lp in s.loops.values_mut() {
+                lp.plugin = lp.plugin.fork();
+            }
         }
         self.operator_action(id, "controller", OperatorAction::Pause, reason);
         self.transition(id, ev, None).await;
@@ -2621,6 +2884,10 @@ impl Core {
             };
             s.clock.hold(Instant::now());
             s.next_renew = None;
+            // Release the closed loops' warm instances (pool slots); what failed is kept.
+            for lp in s.loops.values_mut() {
+                lp.plugin = lp.plugin.fork();
+            }
             let why = reason.clone().unwrap_or_else(|| state.as_str().to_string());
             s.ended = Some(why.clone());
             let counters = s.counters.clone();
@@ -2844,6 +3111,36 @@ impl Core {
             t.join().await;
         }
         result
+    }
+}
+
+/// Whether a closed-loop adjustment changes a setpoint enough to be sent: another kind, a
+/// changed target or waveform, or an output more than 2 % (and more than the device's
+/// resolution floor) away. Each command costs a write-ahead audit record and a message; a
+/// proportional loop fed 10-20 readings a second would otherwise send one for every
+/// reading, for changes no device can resolve.
+fn material_change(current: &Setpoint, new: &Setpoint) -> bool {
+    fn off(a: f64, b: f64, floor: f64) -> bool {
+        (a - b).abs() > (0.02 * b.abs()).max(floor)
+    }
+    // Every field but the output must be equal; the output must move by enough.
+    match (*current, *new) {
+        (Setpoint::Heat(mut a), Setpoint::Heat(b)) => {
+            let moved = off(b.power_limit_w, a.power_limit_w, 0.05);
+            a.power_limit_w = b.power_limit_w;
+            a != b || moved
+        }
+        (Setpoint::Optical(mut a), Setpoint::Optical(b)) => {
+            let moved = off(b.power_mw, a.power_mw, 1.0);
+            a.power_mw = b.power_mw;
+            a != b || moved
+        }
+        (Setpoint::Electrical(mut a), Setpoint::Electrical(b)) => {
+            let moved = off(b.amplitude_ma, a.amplitude_ma, 0.1);
+            a.amplitude_ma = b.amplitude_ma;
+            a != b || moved
+        }
+        (a, b) => a != b,
     }
 }
 

@@ -14,7 +14,7 @@ use super::ControllerError;
 use super::clock::SessionClock;
 use crate::bus::payload::SessionState;
 use crate::plugin::Plugin;
-use crate::protocol::Protocol;
+use crate::protocol::{PluginFaultPolicy, Protocol};
 
 /// One approved step on the session timeline.
 #[derive(Debug, Clone)]
@@ -60,8 +60,24 @@ pub struct StationCounters {
     pub jitter_us: Vec<u64>,
 }
 
+/// A block's closed loop: its own handle on the plugin that planned it (its own warm
+/// instance, so neither state nor a failure is shared with another block or session).
+pub(super) struct BlockLoop {
+    pub plugin: Plugin,
+    /// Where the block starts on the session timeline, session ms.
+    pub start_ms: u64,
+    /// Why the block was stopped after its plugin failed mid-session.
+    pub failed: Option<String>,
+    /// Adjustments the supervisor refused (the first raises an alarm, all are audited).
+    pub refused: u64,
+}
+
 pub(super) struct Station {
     pub protocol: String,
+    /// What a plugin failing mid-session stops.
+    pub on_plugin_fault: PluginFaultPolicy,
+    /// Closed loops by block id, while the session can still run.
+    pub loops: BTreeMap<String, BlockLoop>,
     pub state: SessionState,
     pub governor: Governor,
     pub precheck: Precheck,
@@ -104,6 +120,30 @@ impl Station {
             .iter()
             .flat_map(|p| p.channels.iter().map(|c| (p.id.clone(), c.name.clone())))
             .collect()
+    }
+
+    /// Whether `block` was stopped after its plugin failed.
+    pub fn block_failed(&self, block: &str) -> bool {
+        self.loops.get(block).is_some_and(|l| l.failed.is_some())
+    }
+
+    /// When the session's work ends: the end of its last block that was not stopped after a
+    /// plugin fault (a stopped block's remaining time is not waited out).
+    pub fn end_ms(&self) -> u64 {
+        self.blocks
+            .iter()
+            .filter(|b| !self.block_failed(&b.block))
+            .map(|b| b.end_ms)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The emitted step whose window contains `t` on `device`/`channel`.
+    pub fn running_step(&self, device: &str, channel: &str, t: u64) -> Option<&Sched> {
+        self.steps[..self.next]
+            .iter()
+            .rev()
+            .find(|s| s.device == device && s.channel == channel && s.start_ms <= t && t < s.end_ms)
     }
 
     /// The block of the latest emitted step whose window contains `t`.
@@ -213,6 +253,7 @@ pub(super) fn prepare(
         .time_compressed(speed);
     let mut blocks = Vec::new();
     let mut timeline = Vec::new();
+    let mut loops = BTreeMap::new();
     for b in protocol.enabled_blocks() {
         let (Some(plan), Some(profile), Some(&start)) = (
             plans.remove(&b.id),
@@ -222,6 +263,17 @@ pub(super) fn prepare(
             continue;
         };
         let duration = durations.get(&b.id).copied().unwrap_or(0);
+        if let Some(plugin) = plugins.get(&b.plugin) {
+            loops.insert(
+                b.id.clone(),
+                BlockLoop {
+                    plugin: plugin.fork(),
+                    start_ms: start,
+                    failed: None,
+                    refused: 0,
+                },
+            );
+        }
         timeline.push(BlockTimeline {
             block: b.id.clone(),
             plugin: b.plugin.clone(),
@@ -262,6 +314,8 @@ pub(super) fn prepare(
     timeline.sort_by_key(|b| b.start_ms);
     Ok(Station {
         protocol: protocol.name.clone(),
+        on_plugin_fault: protocol.on_plugin_fault,
+        loops,
         state: SessionState::Loaded,
         governor,
         precheck,

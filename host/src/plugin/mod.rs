@@ -68,6 +68,12 @@ pub struct SandboxLimits {
     pub memory_bytes: usize,
     /// stdout + stderr bytes kept per call; the rest is counted and dropped.
     pub output_bytes: usize,
+    /// Fuel per closed-loop `on-telemetry` call. Far less than a plan: the call runs in the
+    /// controller's loop for every reading, so a plugin that hangs there must be cut off
+    /// before it delays the other sessions' commands.
+    pub telemetry_fuel_per_call: u64,
+    /// Wall-clock deadline of an `on-telemetry` call (the backstop for time outside wasm).
+    pub telemetry_deadline: Duration,
     /// Failed calls (traps, fuel, deadline, memory) since load or release after which a plugin
     /// is quarantined. Successes in between do not reset the count: a plugin that fails every
     /// other call is as unfit as one that always fails.
@@ -88,6 +94,11 @@ impl Default for SandboxLimits {
             memory_bytes: 64 << 20,
             output_bytes: 16 << 10,
             quarantine_after: 3,
+            // The heat plugin's proportional step uses about 20 thousand units; 2 M is a
+            // hundredfold headroom and burns out in about a millisecond when a plugin spins.
+            telemetry_fuel_per_call: 2_000_000,
+            // Four epoch ticks: a plugin blocked outside wasm holds the loop up at most this.
+            telemetry_deadline: Duration::from_millis(20),
         }
     }
 }
@@ -579,7 +590,8 @@ pub struct Plugin {
     pre: bindings::ModalityPluginPre<HostState>,
     limits: SandboxLimits,
     manifest: Option<Manifest>,
-    validator: Option<jsonschema::Validator>,
+    /// Shared by the handles [`Plugin::fork`] makes: compiled once per plugin.
+    validator: Option<std::sync::Arc<jsonschema::Validator>>,
     warm: Option<Warm>,
     failures: u32,
     quarantined: Option<String>,
@@ -667,6 +679,26 @@ impl Plugin {
         self.last_call
     }
 
+    /// A new handle on the same compiled plugin for one session's closed loop: its own warm
+    /// instance (no state shared with other sessions or blocks), its own failure count and
+    /// quarantine, and the same manifest and parameter validator.
+    pub fn fork(&self) -> Plugin {
+        Plugin {
+            imports: self.imports.clone(),
+            label: self.label.clone(),
+            wasm_sha256: self.wasm_sha256.clone(),
+            engine: self.engine.clone(),
+            pre: self.pre.clone(),
+            limits: self.limits.clone(),
+            manifest: self.manifest.clone(),
+            validator: self.validator.clone(),
+            warm: None,
+            failures: 0,
+            quarantined: None,
+            last_call: None,
+        }
+    }
+
     /// Why the plugin is quarantined, if it is.
     pub fn quarantine_reason(&self) -> Option<&str> {
         self.quarantined.as_deref()
@@ -702,7 +734,7 @@ impl Plugin {
         })?;
         self.label = label;
         self.manifest = Some(m);
-        self.validator = Some(validator);
+        self.validator = Some(std::sync::Arc::new(validator));
         Ok(())
     }
 
@@ -747,7 +779,41 @@ impl Plugin {
     /// Runs `f` on an instance with fresh limits. `fresh` forces a new instance (plans are a
     /// pure function of their inputs: no state from earlier calls); otherwise the warm instance
     /// is reused. Any trap discards the instance.
-    fn with_instance<R>(
+    ///
+    /// Called from inside a tokio runtime (the controller's loop), the call runs on the
+    /// plugin worker thread instead: WASI's blocking output (a plugin writing to stdout or
+    /// stderr, as a panic does) is built on wasmtime-wasi's `in_tokio`, which would try to
+    /// block on the runtime the thread is already driving and panic the controller.
+    fn with_instance<R: Send + 'static>(
+        &mut self,
+        call: Call,
+        fresh: bool,
+        f: impl FnOnce(&bindings::ModalityPlugin, &mut Store<HostState>) -> wasmtime::Result<R>
+        + Send
+        + 'static,
+    ) -> Result<R, PluginError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return self.with_instance_here(call, fresh, f);
+        }
+        // The plugin travels to the worker and back; a fresh handle stands in meanwhile.
+        let placeholder = self.fork();
+        let mut me = std::mem::replace(self, placeholder);
+        let label = me.label.clone();
+        match worker::run(move || {
+            let r = me.with_instance_here(call, fresh, f);
+            (me, r)
+        }) {
+            Some((me, r)) => {
+                *self = me;
+                r
+            }
+            None => Err(PluginError::Engine(format!(
+                "{label}: the plugin worker thread is gone"
+            ))),
+        }
+    }
+
+    fn with_instance_here<R>(
         &mut self,
         call: Call,
         fresh: bool,
@@ -765,6 +831,7 @@ impl Plugin {
             (false, Some(w)) => w,
             _ => {
                 let mut store = self.new_store();
+                // Instantiation runs start-up code under the plan budget, whatever the call.
                 store
                     .set_fuel(self.limits.fuel_per_call)
                     .map_err(|e| PluginError::Engine(e.to_string()))?;
@@ -783,17 +850,15 @@ impl Plugin {
             mut store,
             instance,
         } = warm;
+        let (fuel, deadline) = self.budget(call);
         store
-            .set_fuel(self.limits.fuel_per_call)
+            .set_fuel(fuel)
             .map_err(|e| PluginError::Engine(e.to_string()))?;
-        store.set_epoch_deadline(deadline_ticks(self.limits.deadline));
+        store.set_epoch_deadline(deadline_ticks(deadline));
         store.data_mut().limiter.refused = None;
         let result = f(&instance, &mut store);
         self.last_call = Some(CallStats {
-            fuel_used: self
-                .limits
-                .fuel_per_call
-                .saturating_sub(store.get_fuel().unwrap_or(0)),
+            fuel_used: fuel.saturating_sub(store.get_fuel().unwrap_or(0)),
             peak_memory_bytes: store.data().limiter.peak,
             elapsed: started.elapsed(),
         });
@@ -817,6 +882,17 @@ impl Plugin {
                 }
                 Err(err)
             }
+        }
+    }
+
+    /// The fuel and wall-clock deadline of one call.
+    fn budget(&self, call: Call) -> (u64, Duration) {
+        match call {
+            Call::OnTelemetry => (
+                self.limits.telemetry_fuel_per_call,
+                self.limits.telemetry_deadline,
+            ),
+            _ => (self.limits.fuel_per_call, self.limits.deadline),
         }
     }
 
@@ -862,12 +938,12 @@ impl Plugin {
             Some(wasmtime::Trap::OutOfFuel) => PluginError::FuelExhausted {
                 plugin,
                 call: call_name,
-                fuel: self.limits.fuel_per_call,
+                fuel: self.budget(call).0,
             },
             Some(wasmtime::Trap::Interrupt) => PluginError::Deadline {
                 plugin,
                 call: call_name,
-                deadline_ms: u64::try_from(self.limits.deadline.as_millis()).unwrap_or(u64::MAX),
+                deadline_ms: u64::try_from(self.budget(call).1.as_millis()).unwrap_or(u64::MAX),
             },
             _ => {
                 // Keep the tail: a panic message comes last.
@@ -962,6 +1038,41 @@ impl Plugin {
         } else {
             Err(errors)
         }
+    }
+}
+
+/// One thread, outside every tokio runtime, for plugin calls made from inside one.
+mod worker {
+    use std::sync::mpsc;
+    use std::sync::{Mutex, OnceLock};
+
+    type Job = Box<dyn FnOnce() + Send>;
+
+    static JOBS: OnceLock<Option<Mutex<mpsc::Sender<Job>>>> = OnceLock::new();
+
+    /// Runs `f` on the worker and waits for it; `None` if the worker could not be started or
+    /// `f` panicked there.
+    pub(super) fn run<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let jobs = JOBS.get_or_init(|| {
+            let (tx, rx) = mpsc::channel::<Job>();
+            std::thread::Builder::new()
+                .name("modalis-plugin-worker".into())
+                .spawn(move || {
+                    for job in rx {
+                        // A panic in one job must not end the worker for every later caller.
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                    }
+                })
+                .ok()
+                .map(|_| Mutex::new(tx))
+        });
+        let jobs = jobs.as_ref()?;
+        let (done, wait) = mpsc::sync_channel(1);
+        let job: Job = Box::new(move || {
+            let _ = done.send(f());
+        });
+        jobs.lock().ok()?.send(job).ok()?;
+        wait.recv().ok()
     }
 }
 

@@ -8,6 +8,7 @@
 //! [protocol]
 //! name = "DPN combined"
 //! description = "optional"
+//! on_plugin_fault = "stop_block"          # optional; or "stop_session"
 //!
 //! [patient]
 //! file = "../patients/dpn-example.toml"   # or the patient context inline, without `file`
@@ -74,6 +75,8 @@ pub struct Protocol {
     pub device_files: BTreeMap<String, PathBuf>,
     /// The blocks in file order, disabled ones included.
     pub blocks: Vec<BlockSpec>,
+    /// `[protocol] on_plugin_fault`.
+    pub on_plugin_fault: PluginFaultPolicy,
 }
 
 /// One `[[block]]`.
@@ -271,6 +274,23 @@ struct RawHeader {
     /// What the protocol is for (empty when absent).
     #[serde(default)]
     description: String,
+    /// What a plugin failing mid-session (a trap, a hang, memory exhausted in its closed
+    /// loop) stops: its own block (the default) or the whole session.
+    #[serde(default)]
+    on_plugin_fault: PluginFaultPolicy,
+}
+
+/// What a plugin failing mid-session stops (`[protocol] on_plugin_fault`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PluginFaultPolicy {
+    /// Stop the failed plugin's block (its energised channels now, its later steps never);
+    /// the other blocks go on.
+    #[default]
+    StopBlock,
+    /// Abort the whole session: every source stops. For protocols whose blocks only make
+    /// sense together.
+    StopSession,
 }
 
 /// One `[[block]]`: a plugin driving one device role.
@@ -504,6 +524,7 @@ impl Loader<'_> {
         Ok(Protocol {
             name: raw.protocol.name,
             description: raw.protocol.description,
+            on_plugin_fault: raw.protocol.on_plugin_fault,
             path: self.path.to_path_buf(),
             patient,
             patient_file,

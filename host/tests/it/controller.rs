@@ -47,6 +47,28 @@ fn protocol_text(blocks: &str) -> String {
     )
 }
 
+/// A protocol binding only the named roles (`heat`, `tens`, `laser-acu`), so that several
+/// sessions can share one controller and one simulator.
+fn protocol_for(roles: &[&str], blocks: &str) -> String {
+    let ex = examples();
+    let ex = ex.display();
+    let devices: String = roles
+        .iter()
+        .map(|r| {
+            let profile = match *r {
+                "heat" => "mire-pads",
+                "tens" => "tens-2ch",
+                _ => "laser-acupuncture-probe",
+            };
+            format!("{r} = \"{ex}/profiles/{profile}.toml\"\n")
+        })
+        .collect();
+    format!(
+        "[protocol]\nname = \"test\"\n\n[patient]\nfile = \"{ex}/patients/dpn-example.toml\"\n\n\
+         [devices]\n{devices}\n{blocks}"
+    )
+}
+
 const HEAT: &str = r#"
 [[block]]
 id = "heat-feet"
@@ -1409,4 +1431,269 @@ async fn illegal_transitions_are_refused_with_a_reason_and_pause_resume_holds_th
     );
     let _ = p;
     rig.finish().await;
+}
+
+/// Four pads, each its own block planned by the hostile closed-loop plugin: three fail in
+/// `on-telemetry` a little into the session (a trap, a hang, memory), one asks for twice
+/// its power once it has run a while.
+fn faulty_heat_blocks() -> String {
+    let block = |id: &str, channel: &str, site: &str, fault: &str, after_s: u32| {
+        format!(
+            r#"
+[[block]]
+id = "{id}"
+plugin = "hostile-faulty-heat"
+device = "heat"
+start = {{ at_s = 0 }}
+[block.params]
+channel = "{channel}"
+site = "{site}"
+minutes = 10
+target_temp_c = 38.0
+power_limit_w = 4.0
+fault = "{fault}"
+after_s = {after_s}
+"#
+        )
+    };
+    [
+        block("trap", "pad-1", "foot_plantar:left", "trap", 60),
+        block("hang", "pad-2", "foot_dorsum:left", "hang", 120),
+        block("oom", "pad-3", "foot_plantar:right", "oom", 180),
+        block("greedy", "pad-4", "foot_dorsum:right", "exceed", 240),
+    ]
+    .concat()
+}
+
+/// The controller with the hostile closed-loop plugin loaded beside the bundled ones,
+/// signed with the development key as a vendor's would be with theirs.
+fn with_faulty_heat(c: &mut ControllerConfig) {
+    let bytes = std::fs::read(modalis_plugin_artifacts::HOSTILE_FAULTY_HEAT).expect("built");
+    let key = modalis::plugin::signing::read_signing_key(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/artifacts/dev-signing-key.txt"),
+    )
+    .expect("development key");
+    let sig = modalis::plugin::signing::sign(&bytes, &key, "modalis tests");
+    c.plugins.push(modalis::controller::PluginSource {
+        label: "hostile-faulty-heat.wasm".into(),
+        signature: Some(serde_json::to_vec(&sig).expect("signature document").into()),
+        bytes: bytes.into(),
+    });
+}
+
+fn channel_energised(rig: &Rig, device: &str, channel: &str) -> bool {
+    rig.sim()
+        .state(device)
+        .is_some_and(|s| s.channels.iter().any(|c| c.name == channel && c.energised))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_failing_mid_session_stops_its_block_and_nothing_else() {
+    let rig = Rig::start_with(
+        TestBroker::embedded().await,
+        "e2e-plugin-fault",
+        Some(protocol_for(
+            &["heat", "tens"],
+            &format!("{}{TENS}", faulty_heat_blocks()),
+        )),
+        60,
+        BTreeMap::new(),
+        with_faulty_heat,
+    )
+    .await;
+    // A second session on another device, with a well-behaved plugin.
+    let other_file = rig.dir.path().join("other.toml");
+    let other_text = protocol_for(&["laser-acu"], LASER_ACU);
+    std::fs::write(&other_file, &other_text).expect("write");
+    let other = Protocol::load(&other_file).expect("loads");
+    let sim2_cancel = CancellationToken::new();
+    let mut sim2_cfg = rig.broker.config("sim", &rig.topics, DEVICE_USER);
+    sim2_cfg.client_id = "e2e-plugin-fault-sim2".into();
+    let sim2 = Simulator::spawn(
+        sim2_cfg,
+        other.devices.values().cloned().collect(),
+        SimOptions {
+            thermal_time_constant: Duration::from_secs(20) / 60,
+            ..SimOptions::default()
+        },
+        sim2_cancel.clone(),
+    )
+    .expect("second simulator starts");
+    assert!(sim2.wait_connected(WAIT).await, "its device connects");
+    let p = rig.run().await;
+    let q = rig
+        .ctl()
+        .prepare(other, &other_text, Some("other".into()))
+        .await
+        .expect("the second session prepares");
+    rig.ctl().arm(&q.session, "tester").await.expect("arms");
+    rig.ctl().start(&q.session, "tester").await.expect("starts");
+    rig.energised("mire-pads").await;
+
+    // The loop works while the plugin behaves: 0.9 of the approved 4 W reaches the pad.
+    let adjusted = rig.sim().state("mire-pads").is_some_and(|s| {
+        s.channels.iter().any(|c| {
+            matches!(c.last_setpoint, Some(Setpoint::Heat(h)) if (h.power_limit_w - 3.6).abs() < 1e-9)
+        })
+    });
+    let deadline = Instant::now() + WAIT;
+    let mut adjusted = adjusted;
+    while !adjusted {
+        assert!(
+            Instant::now() < deadline,
+            "no closed-loop adjustment reached a pad"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        adjusted = rig.sim().state("mire-pads").is_some_and(|s| {
+            s.channels.iter().any(|c| {
+                matches!(c.last_setpoint, Some(Setpoint::Heat(h)) if (h.power_limit_w - 3.6).abs() < 1e-9)
+            })
+        });
+    }
+
+    for (block, channel, why) in [
+        ("trap", "pad-1", "deliberate trap in on-telemetry"),
+        ("hang", "pad-2", "fuel"),
+        ("oom", "pad-3", "memory"),
+    ] {
+        let alarm = rig
+            .watcher
+            .wait_for(&format!("the {block} block's plugin fault"), |s| {
+                matches!(&s.message, Inbound::Alarm(a) if a.rule == "run.plugin_fault"
+                    && a.priority == AlarmPriority::Medium
+                    && a.reason.contains(&format!("block {block}:")))
+            })
+            .await;
+        let Inbound::Alarm(a) = &alarm.message else {
+            unreachable!()
+        };
+        assert!(a.reason.contains(why), "{block}: {}", a.reason);
+        let deadline = alarm.at + Duration::from_millis(LEASE_PERIOD_MS) + WAIT;
+        while channel_energised(&rig, "mire-pads", channel) {
+            assert!(
+                Instant::now() < deadline,
+                "{channel} still heats after its block failed"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        println!(
+            "{block}: {channel} off {:?} after the alarm",
+            alarm.at.elapsed()
+        );
+    }
+    // The envelope holds a loop that asks for more: refused, alarmed once, audited each time;
+    // the pad goes on at its last admitted setpoint.
+    rig.watcher
+        .wait_for("the refused adjustment", |s| {
+            matches!(&s.message, Inbound::Alarm(a) if a.rule == "run.envelope" && a.priority == AlarmPriority::Low)
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(channel_energised(&rig, "mire-pads", "pad-4"));
+    let envelope_alarms = rig
+        .watcher
+        .all()
+        .iter()
+        .filter(|s| matches!(&s.message, Inbound::Alarm(a) if a.rule == "run.envelope"))
+        .count();
+    assert_eq!(
+        envelope_alarms, 1,
+        "one alarm for a loop refused again and again"
+    );
+    // Everything else goes on: the TENS block, the other session, the controller.
+    assert!(
+        rig.sim()
+            .state("tens-2ch")
+            .is_some_and(|s| s.any_energised())
+    );
+    assert!(
+        sim2.state("laser-acu-3b")
+            .is_some_and(|s| s.commands > 0 && s.connected),
+        "the other session drives its laser"
+    );
+    let snap = rig
+        .ctl()
+        .snapshot(&p.session)
+        .await
+        .expect("the controller answers");
+    assert_eq!(snap.state, SessionState::Running, "{snap:?}");
+    // The laser session is short (150 s of session time): running still, or run to its end.
+    let other = rig.ctl().snapshot(&q.session).await.expect("snapshot");
+    assert!(
+        other.state == SessionState::Running
+            || (other.state == SessionState::Completed && other.counters.refused == 0),
+        "{other:?}"
+    );
+    rig.ctl()
+        .abort(&p.session, "test over")
+        .await
+        .expect("aborts");
+    if other.state == SessionState::Running {
+        rig.ctl()
+            .abort(&q.session, "test over")
+            .await
+            .expect("aborts");
+    }
+    let (dir, _keep) = rig.finish().await;
+    sim2_cancel.cancel();
+    tokio::time::timeout(WAIT, sim2.join())
+        .await
+        .expect("second simulator stops");
+    let events = audit_events(&dir);
+    let faults = events
+        .iter()
+        .filter(|r| matches!(&r.event, Event::GovernorDecision { rule, .. } if rule == "run.plugin_fault"))
+        .count();
+    assert_eq!(faults, 3, "each failed block audited once");
+    let refused = events
+        .iter()
+        .filter(
+            |r| matches!(&r.event, Event::GovernorDecision { rule, .. } if rule == "run.envelope"),
+        )
+        .count();
+    assert!(
+        refused >= 2,
+        "every refused adjustment is audited ({refused})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protocol_can_stop_the_whole_session_when_a_plugin_fails() {
+    let trap_only = faulty_heat_blocks()
+        .split("\n[[block]]")
+        .nth(1)
+        .map(|b| format!("\n[[block]]{b}"))
+        .expect("the trap block");
+    let text = protocol_text(&format!("{trap_only}{TENS}")).replace(
+        "name = \"test\"",
+        "name = \"test\"\non_plugin_fault = \"stop_session\"",
+    );
+    let rig = Rig::start_with(
+        TestBroker::embedded().await,
+        "e2e-plugin-fault-session",
+        Some(text),
+        60,
+        BTreeMap::new(),
+        with_faulty_heat,
+    )
+    .await;
+    let p = rig.run().await;
+    rig.energised("tens-2ch").await;
+    let alarm = rig
+        .watcher
+        .wait_for(
+            "the plugin fault",
+            |s| matches!(&s.message, Inbound::Alarm(a) if a.rule == "run.plugin_fault"),
+        )
+        .await;
+    let took = rig
+        .all_off(alarm.at, Duration::from_millis(LEASE_PERIOD_MS))
+        .await;
+    println!("stop_session: every source off {took:?} after the alarm");
+    let snap = rig.ctl().wait_ended(&p.session, WAIT).await.expect("ends");
+    assert_eq!(snap.state, SessionState::Aborted, "{snap:?}");
+    let (dir, _keep) = rig.finish().await;
+    assert!(audit_events(&dir).iter().any(
+        |r| matches!(&r.event, Event::SessionEnded { reason } if reason.contains("plugin hostile-faulty-heat"))
+    ));
 }
