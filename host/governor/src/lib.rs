@@ -52,6 +52,8 @@ pub mod rules;
 pub mod schema;
 mod site;
 pub mod supervisor;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod verdict;
 
 pub use limits::{LaserClass, LimitError, LimitOverrides, Limits};

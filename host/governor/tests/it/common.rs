@@ -1,11 +1,10 @@
 //! Fixtures shared by the integration tests: the example profiles and patient, step builders
 //! and the one `check` helper the scenario table goes through.
 
+/// Builders shared with the property tests and the fuzz target.
+pub use modalis_governor::testing::{block, heat, optical, site, step, tens};
 use modalis_governor::*;
-use modalis_sdk::{
-    BodySite, ElectricalSetpoint, HeatSetpoint, Measurement, OpticalSetpoint, PlanStep, Sensation,
-    SessionPlan, Setpoint, Waveform,
-};
+use modalis_sdk::{Measurement, OpticalSetpoint, PlanStep, Sensation, Setpoint};
 
 pub const LLLT: &str = include_str!("../../../../examples/profiles/lllt-808.toml");
 pub const CLASS4: &str = include_str!("../../../../examples/profiles/class4-15w.toml");
@@ -57,24 +56,6 @@ pub fn governor(patient: PatientContext) -> Governor {
     }
 }
 
-pub fn site(s: &str) -> BodySite {
-    match s.parse() {
-        Ok(x) => x,
-        Err(e) => panic!("site {s}: {e}"),
-    }
-}
-
-pub fn optical(wavelength_nm: f64, power_mw: f64, beam_area_cm2: f64) -> Setpoint {
-    Setpoint::Optical(OpticalSetpoint {
-        wavelength_nm,
-        power_mw,
-        beam_area_cm2,
-        pulse_frequency_hz: 0.0,
-        duty_cycle: 1.0,
-        scan_area_cm2: None,
-    })
-}
-
 pub fn scanned(
     wavelength_nm: f64,
     power_mw: f64,
@@ -89,55 +70,6 @@ pub fn scanned(
         duty_cycle: 1.0,
         scan_area_cm2: Some(scan_area_cm2),
     })
-}
-
-pub fn heat(target_temp_c: f64, power_limit_w: f64) -> Setpoint {
-    Setpoint::Heat(HeatSetpoint {
-        target_temp_c,
-        power_limit_w,
-    })
-}
-
-pub fn tens(amplitude_ma: f64, pulse_width_us: f64, frequency_hz: f64) -> Setpoint {
-    Setpoint::Electrical(ElectricalSetpoint {
-        frequency_hz,
-        pulse_width_us,
-        amplitude_ma,
-        waveform: Waveform::SymmetricBiphasic,
-        electrode_area_cm2: 25.0,
-        burst_pulses: 0,
-        burst_rate_hz: 0.0,
-    })
-}
-
-pub fn step(
-    offset_s: f64,
-    duration_s: f64,
-    channel: &str,
-    at: &str,
-    setpoint: Setpoint,
-) -> PlanStep {
-    PlanStep {
-        offset_ms: (offset_s * 1000.0) as u64,
-        duration_ms: (duration_s * 1000.0) as u64,
-        channel: channel.to_string(),
-        site: site(at),
-        setpoint,
-        label: String::new(),
-    }
-}
-
-pub fn block(id: &str, device: &str, start_s: f64, steps: Vec<PlanStep>) -> Block {
-    Block {
-        block_id: id.to_string(),
-        plugin_id: format!("{device}-plugin"),
-        device_id: device.to_string(),
-        start_offset_ms: (start_s * 1000.0) as u64,
-        plan: SessionPlan {
-            steps,
-            notes: vec![],
-        },
-    }
 }
 
 /// A TENS ramp from 2 mA up to `amp` in 5 s steps (0.4-2 mA/s), then a hold.

@@ -6,61 +6,23 @@
 
 use proptest::prelude::*;
 
+use modalis_governor::testing::*;
 use modalis_governor::*;
-use modalis_sdk::{BodySite, Measurement, ModalityKind, Sensation, Setpoint, Waveform, dose};
+use modalis_sdk::{Measurement, Sensation};
 
 use crate::common::*;
 
-const SITES: &[&str] = &[
-    "foot_dorsum:left",
-    "foot_plantar:right",
-    "LR3:left",
-    "EX-LE10-1:left",
-    "LR2:left",
-    "ST36:left",
-    "GB34:right",
-    "lower_leg_lateral:left",
-    "thigh:left",
-    "lower_back:midline",
-    "abdomen:midline",
-    "periorbital:left",
-    "BL1:right",
-    "chest:left",
-    "anterior_neck:midline",
-];
-
-const WAVELENGTHS: &[f64] = &[660.0, 808.0, 810.0, 904.0, 980.0, 1064.0];
-
-/// A random device profile as TOML (so the loader is exercised too).
-fn profile_toml() -> impl Strategy<Value = String> {
-    (0..5usize, any::<u64>(), 0.0..1.0f64, 0.0..1.0f64, 0.0..1.0f64, any::<bool>(), any::<bool>()).prop_map(|(m, seed, a, b, c, sensor, scan)| {
-        let id = format!("dev-{}", seed % 1_000_000);
-        match m {
-            0..=2 => {
-                let modality = ["photobiomodulation", "class-4-laser", "laser-acupuncture"][m];
-                let wl = WAVELENGTHS[(seed % WAVELENGTHS.len() as u64) as usize];
-                let max_power = if m == 1 { 600.0 + a * 15_000.0 } else { 10.0 + a * 490.0 };
-                let min_beam = 0.05 + b * 4.0;
-                let max_beam = min_beam * (1.0 + c);
-                let scan = if scan { format!("max_scan_area_cm2 = {}\n", max_beam * 10.0 + 200.0 * c) } else { String::new() };
-                format!(
-                    "id = \"{id}\"\nmodality = \"{modality}\"\n[[channels]]\nname = \"out\"\nkind = \"optical\"\n[channels.optical]\nwavelengths_nm = [{wl}]\nmax_power_mw = {max_power}\nmin_beam_area_cm2 = {min_beam}\nmax_beam_area_cm2 = {max_beam}\n{scan}max_pulse_frequency_hz = 1000.0\n[channels.optical.safety]\nkey_switch = true\ndoor_interlock = true\nemission_indicator = true\nshutter = true\npower_sensor = {sensor}\n"
-                )
-            }
-            3 => format!(
-                "id = \"{id}\"\nmodality = \"infrared-heat\"\n[[channels]]\nname = \"out\"\nkind = \"heat\"\n[channels.heat]\nmax_temp_c = {}\nmax_power_w = {}\ncontact_area_cm2 = {}\nskin_temp_sensor = {sensor}\n",
-                35.0 + a * 15.0,
-                1.0 + b * 100.0,
-                10.0 + c * 400.0
-            ),
-            _ => format!(
-                "id = \"{id}\"\nmodality = \"tens\"\n[[channels]]\nname = \"out\"\nkind = \"electrical\"\n[channels.electrical]\nmax_rms_ma = {}\nmax_peak_ma = {}\nwaveforms = [\"symmetric-biphasic\", \"asymmetric-biphasic\", \"monophasic\"]\nelectrode_area_cm2 = {}\nimpedance_monitor = {sensor}\n",
-                5.0 + a * 75.0,
-                10.0 + b * 140.0,
-                1.0 + c * 49.0
-            ),
-        }
-    })
+fn profile_text() -> impl Strategy<Value = String> {
+    (
+        0..5usize,
+        any::<u64>(),
+        0.0..1.0f64,
+        0.0..1.0f64,
+        0.0..1.0f64,
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(m, seed, a, b, c, sensor, scan)| profile_toml(m, seed, a, b, c, sensor, scan))
 }
 
 fn sensation() -> impl Strategy<Value = Sensation> {
@@ -71,43 +33,13 @@ fn sensation() -> impl Strategy<Value = Sensation> {
     ]
 }
 
-fn patient() -> impl Strategy<Value = PatientContext> {
+fn random_patient() -> impl Strategy<Value = PatientContext> {
     (
         sensation(),
         prop::collection::vec((0..SITES.len(), sensation()), 0..5),
         any::<bool>(),
     )
-        .prop_map(|(default, entries, override_all)| {
-            let mut p = PatientContext::new("PROP", Some(default));
-            for (i, s) in entries {
-                p.sensation.push(SensationEntry {
-                    site: site(SITES[i]),
-                    sensation: s,
-                });
-            }
-            if override_all {
-                p.precaution_overrides.push(PrecautionOverride {
-                    precaution: Precaution::ReducedSensation,
-                    modality: None,
-                    site: None,
-                    reason: "property test".into(),
-                    clinician: "prop".into(),
-                });
-            }
-            p
-        })
-}
-
-/// A raw step: site index, duration, a kind selector and numbers in wide ranges (some out of
-/// every range, some invalid).
-#[derive(Debug, Clone)]
-struct RawStep {
-    site: usize,
-    duration_s: f64,
-    gap_s: f64,
-    kind: usize,
-    x: [f64; 4],
-    scan: bool,
+        .prop_map(|(default, entries, override_all)| patient(default, &entries, override_all))
 }
 
 fn raw_step() -> impl Strategy<Value = RawStep> {
@@ -129,223 +61,21 @@ fn raw_step() -> impl Strategy<Value = RawStep> {
         })
 }
 
-fn setpoint_for(p: &DeviceProfile, r: &RawStep) -> Setpoint {
-    let [a, b, c, d] = r.x;
-    let kind = match p.channels.first().map(ChannelProfile::kind) {
-        // One step in ten asks for the wrong kind of output.
-        Some(k) if r.kind != 0 => k,
-        _ => modalis_sdk::ChannelKind::Heat,
-    };
-    let bad = if r.kind == 9 { f64::NAN } else { 1.0 };
-    match (kind, &p.channels.first().map(|c| &c.spec)) {
-        (modalis_sdk::ChannelKind::Optical, Some(ChannelSpec::Optical(o))) => {
-            let beam = o.min_beam_area_cm2 + (o.max_beam_area_cm2 - o.min_beam_area_cm2) * b;
-            let mut sp = optical(
-                o.wavelengths_nm.first().copied().unwrap_or(808.0),
-                a * o.max_power_mw * 1.5 * bad,
-                beam,
-            );
-            if let (Setpoint::Optical(x), true) = (&mut sp, r.scan) {
-                x.scan_area_cm2 = Some(beam + c * 250.0);
-            }
-            if d > 0.8
-                && let Setpoint::Optical(x) = &mut sp
-            {
-                x.pulse_frequency_hz = 10.0;
-                x.duty_cycle = 0.5;
-            }
-            sp
-        }
-        (modalis_sdk::ChannelKind::Electrical, _) => {
-            let mut sp = tens(a * 60.0 * bad, 50.0 + b * 200.0, 1.0 + c * 149.0);
-            if let Setpoint::Electrical(e) = &mut sp {
-                e.electrode_area_cm2 = 0.5 + d * 50.0;
-                e.waveform = if d > 0.9 {
-                    Waveform::Monophasic
-                } else {
-                    Waveform::SymmetricBiphasic
-                };
-            }
-            sp
-        }
-        _ => heat(30.0 + a * 20.0 * bad, b * 50.0),
-    }
-}
-
-fn build_blocks(profiles: &[DeviceProfile], raw: &[Vec<RawStep>]) -> Vec<Block> {
-    let mut blocks = Vec::new();
-    for (i, (p, steps)) in profiles.iter().zip(raw).enumerate() {
-        let mut t = 0.0;
-        let mut plan = Vec::new();
-        for r in steps {
-            t += r.gap_s;
-            plan.push(step(
-                t,
-                r.duration_s,
-                "out",
-                SITES[r.site],
-                setpoint_for(p, r),
-            ));
-            t += r.duration_s;
-        }
-        blocks.push(block(&format!("b{i}"), &p.id, 5.0 + 40.0 * i as f64, plan));
-    }
-    blocks
-}
-
-/// Keeps only the steps the pre-check did not refuse, and repeats until the rest can be armed.
-fn armable_subset(gov: &Governor, mut blocks: Vec<Block>) -> Option<(Precheck, Vec<Block>)> {
-    for _ in 0..6 {
-        let pre = gov.precheck(&blocks);
-        if pre.can_arm() {
-            return Some((pre, blocks));
-        }
-        let mut next = Vec::new();
-        for b in &blocks {
-            let mut nb = b.clone();
-            nb.plan.steps = b
-                .plan
-                .steps
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| {
-                    pre.steps
-                        .iter()
-                        .find(|s| s.step.block_id == b.block_id && s.step.step_index == *i)
-                        .is_some_and(|s| s.verdict != Verdict::Refuse)
-                })
-                .map(|(_, s)| s.clone())
-                .collect();
-            if !nb.plan.steps.is_empty() && !next.iter().any(|x: &Block| x.block_id == nb.block_id)
-            {
-                next.push(nb);
-            }
-        }
-        blocks = next;
-    }
-    None
-}
-
-/// The oracle: limits straight from clinical-facts.md, for one admitted setpoint.
-fn oracle(
-    p: &DeviceProfile,
-    patient: &PatientContext,
-    at: &BodySite,
-    sp: &Setpoint,
-    duration_ms: u64,
-) -> Result<(), String> {
-    let tol = |x: f64| x * (1.0 + 1e-6) + 1e-9;
-    let sensation = patient.sensation_at(at).unwrap_or(Sensation::Absent);
-    let region = at.body_region().ok_or("unknown site")?;
-    let ch = p.channels.first().ok_or("no channel")?;
-    match (sp, &ch.spec) {
-        (Setpoint::Optical(o), ChannelSpec::Optical(c)) => {
-            if region.is_ocular() {
-                return Err("optical at the eye".into());
-            }
-            if o.power_mw > tol(c.max_power_mw) {
-                return Err(format!(
-                    "{} mW above the device's {}",
-                    o.power_mw, c.max_power_mw
-                ));
-            }
-            let area = o.scan_area_cm2.unwrap_or(c.min_beam_area_cm2);
-            let irr = o.power_mw / area;
-            let mpe =
-                limits::skin_mpe_mw_per_cm2(o.wavelength_nm, duration_ms as f64 / 1000.0, area)
-                    .ok_or("no MPE")?;
-            let cap = match sensation {
-                Sensation::Absent => mpe / 1.2,
-                Sensation::Reduced => mpe,
-                Sensation::Normal if ch.laser_class() == Some(LaserClass::Class4) => mpe,
-                Sensation::Normal => f64::INFINITY,
-            };
-            if irr > tol(cap) {
-                return Err(format!(
-                    "{irr} mW/cm2 above the derated MPE {cap} ({sensation:?})"
-                ));
-            }
-            if p.modality == ModalityKind::Photobiomodulation && irr > tol(100.0) {
-                return Err(format!("LLLT {irr} mW/cm2 above 100"));
-            }
-        }
-        (Setpoint::Heat(h), ChannelSpec::Heat(c)) => {
-            let cap: f64 = if sensation == Sensation::Normal {
-                43.0
-            } else {
-                40.0
-            };
-            if h.target_temp_c > tol(cap.min(c.max_temp_c)) {
-                return Err(format!("{} C above {cap} ({sensation:?})", h.target_temp_c));
-            }
-            if h.power_limit_w > tol(c.max_power_w) {
-                return Err("heat power above the device".into());
-            }
-            if sensation == Sensation::Absent && !c.skin_temp_sensor {
-                return Err("heat on absent sensation without a sensor".into());
-            }
-        }
-        (Setpoint::Electrical(e), ChannelSpec::Electrical(c)) => {
-            if region.is_tens_forbidden() {
-                return Err("TENS at a forbidden site".into());
-            }
-            if e.waveform == Waveform::Monophasic {
-                return Err("monophasic".into());
-            }
-            let rms = dose::setpoint_rms_ma(e);
-            if rms > tol(50.0_f64.min(c.max_rms_ma)) {
-                return Err(format!("{rms} mA r.m.s."));
-            }
-            if dose::charge_per_phase_uc(e.amplitude_ma, e.pulse_width_us) > tol(40.0) {
-                return Err("charge per phase".into());
-            }
-            let area = e.electrode_area_cm2.min(c.electrode_area_cm2);
-            if sensation != Sensation::Normal && rms / area > tol(2.0) {
-                return Err(format!("{} mA/cm2 on {sensation:?} skin", rms / area));
-            }
-        }
-        (Setpoint::Off, _) => {}
-        _ => return Err("setpoint kind does not match the channel".into()),
-    }
-    Ok(())
-}
-
-fn ready_all(sup: &mut Supervisor, profiles: &[DeviceProfile]) {
-    for p in profiles {
-        for input in [
-            Interlock::KeySwitch,
-            Interlock::DoorClosed,
-            Interlock::EmissionIndicator,
-        ] {
-            let _ = sup.interlock(&p.id, input, true, 0);
-        }
-    }
-    let _ = sup.confirm_eyewear(true, 0);
-}
-
-fn scale(sp: &Setpoint, f: f64, g: f64) -> Setpoint {
-    match *sp {
-        Setpoint::Optical(mut o) => {
-            o.power_mw *= f;
-            if g > 0.9 {
-                o.beam_area_cm2 *= 0.5;
-            }
-            Setpoint::Optical(o)
-        }
-        Setpoint::Heat(mut h) => {
-            h.target_temp_c *= 0.9 + 0.2 * f / 3.0;
-            h.power_limit_w *= f;
-            Setpoint::Heat(h)
-        }
-        Setpoint::Electrical(mut e) => {
-            e.amplitude_ma *= f;
-            if g > 0.9 {
-                e.frequency_hz *= 2.0;
-            }
-            Setpoint::Electrical(e)
-        }
-        Setpoint::Off => Setpoint::Off,
-    }
+fn command() -> impl Strategy<Value = CommandDraw> {
+    (
+        0..64usize,
+        0.0..1.2f64,
+        0.0..3.0f64,
+        0.0..1.0f64,
+        prop::option::of(30.0..45.0f64),
+    )
+        .prop_map(|(step, frac, factor, g, temp_c)| CommandDraw {
+            step,
+            frac,
+            factor,
+            g,
+            temp_c,
+        })
 }
 
 proptest! {
@@ -354,49 +84,13 @@ proptest! {
     /// No admitted command exceeds the device profile or the patient-derated limit.
     #[test]
     fn no_admitted_command_exceeds_profile_or_derated_limits(
-        texts in prop::collection::vec(profile_toml(), 1..4),
-        patient in patient(),
+        texts in prop::collection::vec(profile_text(), 1..4),
+        patient in random_patient(),
         raw in prop::collection::vec(prop::collection::vec(raw_step(), 1..5), 3),
-        cmds in prop::collection::vec((0..64usize, 0.0..1.2f64, 0.0..3.0f64, 0.0..1.0f64, prop::option::of(30.0..45.0f64)), 1..40),
+        cmds in prop::collection::vec(command(), 1..40),
     ) {
-        let mut profiles: Vec<DeviceProfile> = Vec::new();
-        for (i, t) in texts.iter().enumerate() {
-            let t = t.replacen("id = \"dev-", &format!("id = \"d{i}-"), 1);
-            match DeviceProfile::from_toml_str(&t, "random.toml") {
-                Ok(p) => profiles.push(p),
-                Err(e) => prop_assert!(false, "generated profile rejected: {e}\n{t}"),
-            }
-        }
-        let gov = match Governor::new(profiles.clone(), patient.clone()) {
-            Ok(g) => g,
-            Err(e) => return Err(TestCaseError::fail(e.to_string())),
-        };
-        let blocks = build_blocks(&profiles, &raw);
-        let Some((pre, _)) = armable_subset(&gov, blocks) else { return Ok(()) };
-        let Ok(mut sup) = gov.arm(&pre, 0) else { return Ok(()) };
-        ready_all(&mut sup, &profiles);
-        let approved: Vec<&StepVerdict> = pre.steps.iter().filter(|s| s.approved.is_some()).collect();
-        if approved.is_empty() {
-            return Ok(());
-        }
-        for (k, frac, factor, g, temp) in cmds {
-            let Some(s) = approved.get(k % approved.len()) else { continue };
-            let Some(a) = s.approved else { continue };
-            let now = 3_000 + s.start_ms + (a.duration_ms as f64 * frac) as u64;
-            let sp = scale(&a.setpoint, factor, g);
-            let cmd = Command { device_id: s.device_id.clone(), channel: s.channel.clone(), site: s.site.clone(), setpoint: sp, step: s.step.clone() };
-            let d = sup.admit(&cmd, now);
-            if d.admitted() {
-                let Some(p) = gov.profile(&s.device_id) else { continue };
-                if let Err(why) = oracle(p, &patient, &s.site, &sp, a.duration_ms) {
-                    prop_assert!(false, "admitted {sp:?} at {} on {}: {why}", s.site, s.device_id);
-                }
-                prop_assert!(sup.is_energised(&s.device_id, &s.channel) || sp == Setpoint::Off);
-            }
-            if let Some(t) = temp {
-                let tel = Telemetry { device_id: s.device_id.clone(), channel: s.channel.clone(), measured_at_ms: now, measurement: Measurement::SkinTempC(t) };
-                let _ = sup.observe(&tel, now);
-            }
+        if let Err(why) = no_admitted_command_exceeds_limits(&texts, &patient, &raw, &cmds) {
+            prop_assert!(false, "{why}");
         }
     }
 
