@@ -76,6 +76,12 @@ fn main() {
         "measurement", "median", "spread", "ratio"
     );
 
+    // `MODALIS_PROFILE=plan|native-plan|telemetry`: loop one measurement for a profiler
+    // (`perf record -g target/release/deps/plugin_runtime-* --bench`) instead of the report.
+    if let Ok(what) = std::env::var("MODALIS_PROFILE") {
+        profile_loop(&rt, &what);
+        return;
+    }
     let cold = measure(10, || {
         let d = tempfile::tempdir().expect("tempdir");
         let r = PluginRuntime::new(RuntimeConfig::new(d.path())).expect("runtime");
@@ -169,4 +175,49 @@ fn main() {
         Some(&native_tel),
     );
     row("  native on-telemetry", &native_tel, None, None);
+}
+
+/// One measurement in a loop, long enough for a sampling profiler.
+fn profile_loop(rt: &PluginRuntime, what: &str) {
+    let patient = Patient::default();
+    match what {
+        "plan" | "native-plan" => {
+            let mut p = rt.load_file(Path::new(artifacts::TENS)).expect("load");
+            let params = p.manifest().sample_params.clone();
+            for _ in 0..200_000 {
+                if what == "plan" {
+                    black_box(p.plan(&params, &patient).expect("no trap").expect("plan"));
+                } else {
+                    black_box(
+                        modalis_sdk::plugin::plan_json::<modalis_plugin_tens::Tens>(
+                            &params, &patient,
+                        )
+                        .expect("plan"),
+                    );
+                }
+            }
+        }
+        "telemetry" => {
+            let mut heat = rt
+                .load_file(Path::new(artifacts::INFRARED_HEAT))
+                .expect("load heat");
+            let hp = heat.manifest().sample_params.clone();
+            let plan = heat.plan(&hp, &patient).expect("no trap").expect("plan");
+            let step = plan
+                .steps
+                .iter()
+                .find(|s| s.setpoint.is_energy())
+                .expect("a heat step")
+                .clone();
+            let sample = TelemetrySample {
+                channel: step.channel.clone(),
+                elapsed_ms: step.offset_ms + 1000,
+                measurement: Measurement::SkinTempC(38.5),
+            };
+            for _ in 0..3_000_000 {
+                black_box(heat.on_telemetry(&step, &sample).expect("telemetry"));
+            }
+        }
+        other => eprintln!("MODALIS_PROFILE={other}: expected plan, native-plan or telemetry"),
+    }
 }

@@ -6,6 +6,7 @@
 //! output is bounded without changing the plugin's behaviour.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
@@ -25,6 +26,9 @@ struct Buf {
 pub(crate) struct BoundedPipe {
     capacity: usize,
     buf: Arc<Mutex<Buf>>,
+    /// Something was written since the last `take`: most calls print nothing, and the host
+    /// drains after every call, so the lock is taken only when there is output.
+    written: Arc<AtomicBool>,
 }
 
 impl BoundedPipe {
@@ -32,6 +36,7 @@ impl BoundedPipe {
         BoundedPipe {
             capacity,
             buf: Arc::new(Mutex::new(Buf::default())),
+            written: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -41,10 +46,14 @@ impl BoundedPipe {
         let take = room.min(bytes.len());
         b.kept.extend_from_slice(&bytes[..take]);
         b.dropped += bytes.len() - take;
+        self.written.store(true, Ordering::Release);
     }
 
     /// Takes what was captured so far (lossy UTF-8) and how many bytes were dropped.
     pub(crate) fn take(&self) -> (String, usize) {
+        if !self.written.swap(false, Ordering::Acquire) {
+            return (String::new(), 0);
+        }
         let mut b = self.buf.lock().unwrap_or_else(PoisonError::into_inner);
         let text = String::from_utf8_lossy(&b.kept).into_owned();
         let dropped = b.dropped;
