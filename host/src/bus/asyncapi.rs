@@ -167,19 +167,8 @@ fn sample_topic(topics: &Topics, kind: TopicKind) -> String {
     format!("{}/{rest}", topics.root())
 }
 
-/// MQTT filter matching: `+` is one level, `#` the rest.
-pub fn filter_matches(filter: &str, topic: &str) -> bool {
-    let mut t = topic.split('/');
-    for f in filter.split('/') {
-        match (f, t.next()) {
-            ("#", _) => return true,
-            ("+", Some(_)) => {}
-            (f, Some(level)) if f == level => {}
-            _ => return false,
-        }
-    }
-    t.next().is_none()
-}
+/// MQTT filter matching (one implementation, in `topics`).
+pub use super::topics::filter_matches;
 
 fn qos_number(q: Qos) -> u8 {
     match q {

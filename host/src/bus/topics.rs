@@ -427,6 +427,20 @@ impl Topics {
     }
 }
 
+/// MQTT filter matching: `+` is one level, `#` the rest (MQTT 5.0, 4.7).
+pub fn filter_matches(filter: &str, topic: &str) -> bool {
+    let mut t = topic.split('/');
+    for f in filter.split('/') {
+        match (f, t.next()) {
+            ("#", _) => return true,
+            ("+", Some(_)) => {}
+            (f, Some(level)) if f == level => {}
+            _ => return false,
+        }
+    }
+    t.next().is_none()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -495,27 +509,14 @@ mod tests {
         let mut filters = t.controller_filters();
         filters.extend(t.device_filters("pads").expect("valid"));
         for f in filters {
-            assert!(!matches_filter(&f, &fault), "{f} matches {fault}");
+            assert!(!filter_matches(&f, &fault), "{f} matches {fault}");
         }
-        assert!(matches_filter(&t.all_filter(), &fault));
+        assert!(filter_matches(&t.all_filter(), &fault));
         assert_eq!(t.sim_fault_filter("pads").expect("valid"), fault);
         assert!(t.sim_fault("a/b").is_err());
     }
 
     /// MQTT filter matching, enough for the filters above (`+` one level, `#` the rest).
-    fn matches_filter(filter: &str, topic: &str) -> bool {
-        let mut t = topic.split('/');
-        for f in filter.split('/') {
-            match (f, t.next()) {
-                ("#", _) => return true,
-                ("+", Some(_)) => {}
-                (f, Some(level)) if f == level => {}
-                _ => return false,
-            }
-        }
-        t.next().is_none()
-    }
-
     #[test]
     fn bad_topics_and_ids_are_named() {
         let t = Topics::new("c").expect("valid id");

@@ -287,6 +287,22 @@ impl Rig {
         }
     }
 
+    /// A bare client on the rig's broker with a device's credentials, subscribed to nothing:
+    /// a misbehaving device, or someone who should not be there.
+    async fn rogue(
+        &self,
+        name: &str,
+        cancel: &CancellationToken,
+        tweak: impl FnOnce(&mut BusConfig),
+    ) -> Bus {
+        let mut c: BusConfig = self.broker.config(name, &self.topics, DEVICE_USER);
+        c.subscriptions = vec![];
+        tweak(&mut c);
+        let bus = Bus::start(c, cancel.clone()).expect("bus");
+        bus.handle.wait_connected(WAIT).await.expect("connects");
+        bus
+    }
+
     fn ctl(&self) -> &ControllerHandle {
         self.ctl.as_ref().expect("controller running")
     }
@@ -416,6 +432,16 @@ async fn start_controller(
     Controller::start(cfg, cancel.clone())
         .await
         .expect("controller starts")
+}
+
+/// A message exactly as given, bytes and all.
+fn raw(topic: &str, payload: impl Into<Vec<u8>>, qos: Qos) -> modalis::bus::OutboundMessage {
+    modalis::bus::OutboundMessage {
+        topic: topic.to_string(),
+        payload: payload.into(),
+        qos,
+        retain: false,
+    }
 }
 
 fn audit_events(dir: &Path) -> Vec<modalis_audit::Record> {
@@ -1032,17 +1058,9 @@ async fn invalid_and_unknown_device_messages_are_rejected_counted_and_audited() 
     let p = rig.run().await;
     rig.energised("tens-2ch").await;
     let cancel = CancellationToken::new();
-    let mut c: BusConfig = rig.broker.config("intruder", &rig.topics, DEVICE_USER);
-    c.subscriptions = vec![];
-    let bus = Bus::start(c, cancel.clone()).expect("bus");
-    bus.handle.wait_connected(WAIT).await.expect("connects");
+    let bus = rig.rogue("intruder", &cancel, |_| {}).await;
     let tele = rig.topics.device_telemetry("tens-2ch").expect("topic");
-    let raw = |topic: &str, body: &str| modalis::bus::OutboundMessage {
-        topic: topic.to_string(),
-        payload: body.as_bytes().to_vec(),
-        qos: Qos::AtLeastOnce,
-        retain: false,
-    };
+    let raw = |topic: &str, body: &str| raw(topic, body, Qos::AtLeastOnce);
     bus.handle
         .publish_message(raw(&tele, "{not json"))
         .await
@@ -1107,10 +1125,7 @@ async fn telemetry_stamped_far_from_now_or_out_of_sequence_is_refused_and_audite
     let p = rig.run().await;
     rig.energised("tens-2ch").await;
     let cancel = CancellationToken::new();
-    let mut c: BusConfig = rig.broker.config("intruder", &rig.topics, DEVICE_USER);
-    c.subscriptions = vec![];
-    let bus = Bus::start(c, cancel.clone()).expect("bus");
-    bus.handle.wait_connected(WAIT).await.expect("connects");
+    let bus = rig.rogue("intruder", &cancel, |_| {}).await;
     let tele = rig.topics.device_telemetry("tens-2ch").expect("topic");
     // The replayed number must be one the controller has seen the device pass: wait for a
     // later reading, and give the controller a moment to take it in.
@@ -1133,12 +1148,7 @@ async fn telemetry_stamped_far_from_now_or_out_of_sequence_is_refused_and_audite
             r#"{{"seq":{seq},"ts_ms":{ts},"device":"tens-2ch","channel":"ch1","measurement":{{"kind":"impedance_ohm","value":500}},"delivering":true,"lease_id":null}}"#
         );
         bus.handle
-            .publish_message(modalis::bus::OutboundMessage {
-                topic: tele.clone(),
-                payload: body.into_bytes(),
-                qos: Qos::AtLeastOnce,
-                retain: false,
-            })
+            .publish_message(raw(&tele, body, Qos::AtLeastOnce))
             .await
             .expect("sent");
     }
@@ -1276,11 +1286,9 @@ async fn flood(broker: TestBroker, inbox: Option<usize>) {
     rig.energised("mire-pads").await;
     rig.energised("tens-2ch").await;
     let cancel = CancellationToken::new();
-    let mut c: BusConfig = rig.broker.config("flooder", &rig.topics, DEVICE_USER);
-    c.subscriptions = vec![];
-    c.request_capacity = 4096;
-    let bus = Bus::start(c, cancel.clone()).expect("bus");
-    bus.handle.wait_connected(WAIT).await.expect("connects");
+    let bus = rig
+        .rogue("flooder", &cancel, |c| c.request_capacity = 4096)
+        .await;
     let tele = rig.topics.device_telemetry("tens-2ch").expect("topic");
     let reading = |seq: u64| {
         format!(
@@ -1288,12 +1296,7 @@ async fn flood(broker: TestBroker, inbox: Option<usize>) {
             modalis::bus::payload::wall_clock_ms()
         )
     };
-    let raw = |payload: Vec<u8>| modalis::bus::OutboundMessage {
-        topic: tele.clone(),
-        payload,
-        qos: Qos::AtMostOnce,
-        retain: false,
-    };
+    let raw = |payload: Vec<u8>| raw(&tele, payload, Qos::AtMostOnce);
     // Two seconds at about 2000 messages a second: a hundred times the simulator's 20 per
     // second for the device, with an oversized payload (just under the broker's limit) every
     // 200 messages.
