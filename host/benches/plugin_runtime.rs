@@ -175,6 +175,39 @@ fn main() {
         Some(&native_tel),
     );
     row("  native on-telemetry", &native_tel, None, None);
+    // Calls from inside a tokio runtime (WASI's blocking output cannot run on a runtime
+    // thread): a current-thread runtime hands the call to the plugin worker thread; the
+    // controller's multi-thread runtime leaves the runtime in place on its own thread.
+    let rt_ctl = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let tel_rt = rt_ctl.block_on(async {
+        measure(20000, || {
+            black_box(heat.on_telemetry(&step, &sample).expect("telemetry"));
+        })
+    });
+    row(
+        "  from a current-thread runtime",
+        &tel_rt,
+        None,
+        Some(&native_tel),
+    );
+    // The controller's own runtime: multi-thread, the loop in `block_on`.
+    let rt_multi = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .build()
+        .expect("runtime");
+    let tel_multi = rt_multi.block_on(async {
+        measure(20000, || {
+            black_box(heat.on_telemetry(&step, &sample).expect("telemetry"));
+        })
+    });
+    row(
+        "  from the controller's runtime",
+        &tel_multi,
+        None,
+        Some(&native_tel),
+    );
 }
 
 /// One measurement in a loop, long enough for a sampling profiler.

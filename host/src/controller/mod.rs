@@ -470,7 +470,13 @@ impl Controller {
         let thread = std::thread::Builder::new()
             .name(format!("controller-{}", config.controller_id))
             .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
+                // A multi-thread runtime (its one worker idles: the loop runs here, in
+                // `block_on`) so that a plugin call can leave the runtime in place
+                // (`block_in_place`) instead of crossing to another thread: see
+                // `Plugin::with_instance`.
+                let rt = match tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name("controller-rt")
                     .enable_all()
                     .build()
                 {

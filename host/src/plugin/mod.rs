@@ -789,10 +789,12 @@ impl Plugin {
     /// pure function of their inputs: no state from earlier calls); otherwise the warm instance
     /// is reused. Any trap discards the instance.
     ///
-    /// Called from inside a tokio runtime (the controller's loop), the call runs on the
-    /// plugin worker thread instead: WASI's blocking output (a plugin writing to stdout or
-    /// stderr, as a panic does) is built on wasmtime-wasi's `in_tokio`, which would try to
-    /// block on the runtime the thread is already driving and panic the controller.
+    /// WASI's blocking output (a plugin writing to stdout or stderr, as a panic does) is built
+    /// on wasmtime-wasi's `in_tokio`, which blocks on the ambient tokio runtime and panics on
+    /// a thread that is already driving one. Called from inside a multi-thread runtime (the
+    /// controller's loop), the call leaves the runtime where it is (`block_in_place`, no
+    /// thread hand-off: a warm call stays about a microsecond); from inside a current-thread
+    /// runtime, it runs on the plugin worker thread (tens of microseconds for the wake-up).
     fn with_instance<R: Send + 'static>(
         &mut self,
         call: Call,
@@ -801,8 +803,12 @@ impl Plugin {
         + Send
         + 'static,
     ) -> Result<R, PluginError> {
-        if tokio::runtime::Handle::try_current().is_err() {
-            return self.with_instance_here(call, fresh, f);
+        match tokio::runtime::Handle::try_current() {
+            Err(_) => return self.with_instance_here(call, fresh, f),
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                return tokio::task::block_in_place(|| self.with_instance_here(call, fresh, f));
+            }
+            Ok(_) => {}
         }
         // The plugin travels to the worker and back; a fresh handle stands in meanwhile.
         let placeholder = self.fork();
