@@ -7,7 +7,8 @@
 //! `--broker mqtt://host:port` (design brief, "Brokers").
 //!
 //! What this module guarantees: the broker listens on 127.0.0.1 only (rumqttd's sample
-//! configuration binds 0.0.0.0), on a port the OS picked, speaking MQTT v5; rumqttd's HTTP
+//! configuration binds 0.0.0.0), on a port the OS picked, speaking MQTT v5 (and, for browser
+//! dashboards on request, MQTT 3.1.1 over WebSockets on a second port); rumqttd's HTTP
 //! console (port 3030 in its samples), Prometheus exporter, bridge and cluster are off.
 
 use std::collections::{BTreeSet, HashMap};
@@ -51,26 +52,43 @@ pub enum BrokerError {
 #[derive(Debug)]
 pub struct EmbeddedBroker {
     addr: SocketAddr,
+    /// The MQTT-over-WebSockets listener (MQTT 3.1.1, rumqttd's only protocol there), for
+    /// browser dashboards, when one was asked for.
+    ws: Option<SocketAddr>,
 }
 
 impl EmbeddedBroker {
     /// Starts a broker on 127.0.0.1 and a free port, and returns once it accepts connections.
     pub async fn start() -> Result<EmbeddedBroker, BrokerError> {
+        Self::start_with(false).await
+    }
+
+    /// [`EmbeddedBroker::start`], with a WebSockets listener on another free 127.0.0.1 port
+    /// when `websockets` is set (browser dashboards connect there).
+    pub async fn start_with(websockets: bool) -> Result<EmbeddedBroker, BrokerError> {
         // The port is asked of the OS and released for rumqttd to bind, so another process
         // may take it in between; a failed start is retried on a new port.
         const ATTEMPTS: u32 = 3;
         let mut last = None;
         for attempt in 1..=ATTEMPTS {
             let addr = free_port()?;
-            let thread = spawn(addr)?;
+            let ws = if websockets { Some(free_port()?) } else { None };
+            let thread = spawn(addr, ws)?;
             let ready = match wait_listening(addr, &thread).await {
+                Ok(()) => match ws {
+                    Some(ws) => wait_listening(ws, &thread).await,
+                    None => Ok(()),
+                },
+                Err(waited) => Err(waited),
+            };
+            let ready = match ready {
                 Ok(()) => still_ours(&thread).await,
                 Err(waited) => Err(waited),
             };
             match ready {
                 Ok(()) => {
-                    tracing::info!(%addr, "embedded MQTT broker listening (127.0.0.1 only, no ACL)");
-                    return Ok(EmbeddedBroker { addr });
+                    tracing::info!(%addr, ?ws, "embedded MQTT broker listening (127.0.0.1 only, no ACL)");
+                    return Ok(EmbeddedBroker { addr, ws });
                 }
                 Err(waited) => {
                     tracing::warn!(%addr, attempt, "embedded MQTT broker did not start");
@@ -92,6 +110,12 @@ impl EmbeddedBroker {
     /// Starts a broker on 127.0.0.1:`port` (1883 lets `mosquitto_sub` find it without `-p`).
     /// Fails when the port is taken, so the caller can fall back to [`EmbeddedBroker::start`].
     pub async fn start_on(port: u16) -> Result<EmbeddedBroker, BrokerError> {
+        Self::start_on_with(port, false).await
+    }
+
+    /// [`EmbeddedBroker::start_on`], with a WebSockets listener on a free port when
+    /// `websockets` is set.
+    pub async fn start_on_with(port: u16, websockets: bool) -> Result<EmbeddedBroker, BrokerError> {
         // Bind first: if another broker already listens there, waiting for "listening" would
         // find *that* broker and report success.
         let addr = {
@@ -99,11 +123,19 @@ impl EmbeddedBroker {
                 .map_err(BrokerError::NoPort)?;
             l.local_addr().map_err(BrokerError::NoPort)?
         };
-        let thread = spawn(addr)?;
-        match wait_listening(addr, &thread).await {
+        let ws = if websockets { Some(free_port()?) } else { None };
+        let thread = spawn(addr, ws)?;
+        let ready = match wait_listening(addr, &thread).await {
+            Ok(()) => match ws {
+                Some(ws) => wait_listening(ws, &thread).await,
+                None => Ok(()),
+            },
+            Err(waited) => Err(waited),
+        };
+        match ready {
             Ok(()) => {
-                tracing::info!(%addr, "embedded MQTT broker listening (127.0.0.1 only, no ACL)");
-                Ok(EmbeddedBroker { addr })
+                tracing::info!(%addr, ?ws, "embedded MQTT broker listening (127.0.0.1 only, no ACL)");
+                Ok(EmbeddedBroker { addr, ws })
             }
             Err(waited) => Err(BrokerError::NotListening {
                 addr,
@@ -121,6 +153,11 @@ impl EmbeddedBroker {
     /// `mqtt://127.0.0.1:<port>`, for [`crate::bus::BusConfig::new`].
     pub fn url(&self) -> String {
         format!("mqtt://{}", self.addr)
+    }
+
+    /// `ws://127.0.0.1:<port>/mqtt`, the WebSockets listener, if it has one.
+    pub fn ws_url(&self) -> Option<String> {
+        self.ws.map(|a| format!("ws://{a}/mqtt"))
     }
 }
 
@@ -166,10 +203,10 @@ async fn still_ours(thread: &std::thread::JoinHandle<()>) -> Result<(), Duration
     }
 }
 
-fn config(addr: SocketAddr) -> Config {
-    let server = ServerSettings {
-        name: "modalis-v5".to_string(),
-        listen: addr,
+fn config(addr: SocketAddr, ws: Option<SocketAddr>) -> Config {
+    let settings = |name: &str, listen: SocketAddr| ServerSettings {
+        name: name.to_string(),
+        listen,
         tls: None,
         next_connection_delay_ms: 1,
         connections: ConnectionSettings {
@@ -181,6 +218,7 @@ fn config(addr: SocketAddr) -> Config {
             dynamic_filters: true,
         },
     };
+    let server = settings("modalis-v5", addr);
     Config {
         id: 0,
         router: RouterConfig {
@@ -193,7 +231,7 @@ fn config(addr: SocketAddr) -> Config {
         },
         v4: None,
         v5: Some(HashMap::from([("1".to_string(), server)])),
-        ws: None,
+        ws: ws.map(|ws| HashMap::from([("1".to_string(), settings("modalis-ws", ws))])),
         cluster: None,
         console: None,
         bridge: None,
@@ -202,8 +240,11 @@ fn config(addr: SocketAddr) -> Config {
     }
 }
 
-fn spawn(addr: SocketAddr) -> Result<std::thread::JoinHandle<()>, BrokerError> {
-    let cfg = config(addr);
+fn spawn(
+    addr: SocketAddr,
+    ws: Option<SocketAddr>,
+) -> Result<std::thread::JoinHandle<()>, BrokerError> {
+    let cfg = config(addr, ws);
     std::thread::Builder::new()
         .name("rumqttd".to_string())
         .spawn(move || {

@@ -69,6 +69,33 @@ pub struct DemoArgs {
     /// Controller id (the `<controller>` topic level).
     #[arg(long, default_value = crate::DEFAULT_CONTROLLER_ID)]
     pub controller: String,
+    #[command(flatten)]
+    pub dashboard: DashboardArgs,
+}
+
+/// The monitoring dashboard (`examples/dashboard/`).
+#[derive(Debug, clap::Args)]
+pub struct DashboardArgs {
+    /// Serve the monitoring dashboard on 127.0.0.1 while the protocol runs, and print its
+    /// address. With the embedded broker the page connects to its WebSockets listener.
+    #[arg(long)]
+    pub dashboard: bool,
+    /// Port of the dashboard on 127.0.0.1 (a free one is used when it is taken).
+    #[arg(long, default_value_t = 8090, requires = "dashboard")]
+    pub dashboard_port: u16,
+    /// The broker's MQTT-over-WebSockets URL for the page, e.g. ws://127.0.0.1:9001 (needed
+    /// with --broker; the embedded broker's own listener otherwise).
+    #[arg(long, value_name = "URL", requires = "dashboard")]
+    pub dashboard_ws: Option<String>,
+}
+
+impl DashboardArgs {
+    fn options(&self) -> Option<crate::runner::DashboardOptions> {
+        self.dashboard.then(|| crate::runner::DashboardOptions {
+            port: self.dashboard_port,
+            ws_url: self.dashboard_ws.clone(),
+        })
+    }
 }
 
 /// `modalis run`
@@ -124,6 +151,8 @@ pub struct RunArgs {
     pub plugins: Vec<PathBuf>,
     #[command(flatten)]
     pub trust: crate::signing_cli::TrustArgs,
+    #[command(flatten)]
+    pub dashboard: DashboardArgs,
 }
 
 /// `modalis plugin ...`
@@ -273,6 +302,7 @@ fn run_cmd(args: RunArgs, cache: &Path) -> anyhow::Result<ExitCode> {
         yes: args.yes,
         plugins,
         plugin_trust: args.trust.policy()?,
+        dashboard: args.dashboard.options(),
     })
 }
 
@@ -494,5 +524,6 @@ fn demo(rt: &PluginRuntime, args: DemoArgs, cache: &Path) -> anyhow::Result<Exit
         plugins: crate::runner::bundled_plugins(),
         // The demo runs the bundled plugins, signed with the development key, and says so.
         plugin_trust: crate::controller::PluginTrust::development()?,
+        dashboard: args.dashboard.options(),
     })
 }

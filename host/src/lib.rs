@@ -9,6 +9,7 @@ pub mod broker;
 pub mod bus;
 pub mod cli;
 pub mod controller;
+pub mod dashboard;
 pub mod plugin;
 pub mod protocol;
 pub mod runner;

@@ -72,7 +72,23 @@ pub struct RunOptions {
     pub plugins: Vec<PluginSource>,
     /// Whose signatures they need.
     pub plugin_trust: PluginTrust,
+    /// Serve the monitoring dashboard while the protocol runs.
+    pub dashboard: Option<DashboardOptions>,
 }
+
+/// `--dashboard`: where to serve it and where its page finds the broker.
+#[derive(Debug, Clone)]
+pub struct DashboardOptions {
+    /// Port on 127.0.0.1 (0: a free one; a free one too when this one is taken).
+    pub port: u16,
+    /// The broker's MQTT-over-WebSockets URL. `None` with the embedded broker: its own
+    /// WebSockets listener. Required with an external broker.
+    pub ws_url: Option<String>,
+}
+
+/// How long simulated devices may take to apply the controller's final stops before the
+/// simulator ends (longer than any lease the controller grants).
+const SIM_SETTLE: Duration = Duration::from_secs(2);
 
 /// The bundled first-party plugins.
 pub fn bundled_plugins() -> Vec<PluginSource> {
@@ -114,11 +130,12 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
 
     let (url, credentials, tls, _broker) = match &opts.broker {
         BrokerChoice::Embedded { port } => {
-            let b = match EmbeddedBroker::start_on(*port).await {
+            let ws = opts.dashboard.is_some();
+            let b = match EmbeddedBroker::start_on_with(*port, ws).await {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::info!(error = %e, port, "port taken; the embedded broker takes a free one");
-                    EmbeddedBroker::start()
+                    EmbeddedBroker::start_with(ws)
                         .await
                         .context("starting the embedded MQTT broker")?
                 }
@@ -133,6 +150,38 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
     };
     let topics = Topics::new(&opts.controller_id)
         .map_err(|e| anyhow::anyhow!("--controller {:?}: {e}", opts.controller_id))?;
+    // Lives as long as this run: the page is of no use without the controller.
+    let dashboard_cancel = cancel.child_token();
+    let _stop_dashboard = dashboard_cancel.clone().drop_guard();
+    let dashboard = match &opts.dashboard {
+        Some(d) => {
+            let ws_url = match (&d.ws_url, &_broker) {
+                (Some(u), _) => u.clone(),
+                (None, Some(b)) => b
+                    .ws_url()
+                    .context("the embedded broker has no WebSockets listener")?,
+                (None, None) => bail!(
+                    "--dashboard with --broker needs --dashboard-ws ws://HOST:PORT, the broker's MQTT-over-WebSockets listener (see examples/mosquitto/mosquitto.conf)"
+                ),
+            };
+            let config = crate::dashboard::DashboardConfig {
+                ws_url: ws_url.clone(),
+                controller: opts.controller_id.clone(),
+                estop: true,
+            };
+            let server =
+                match crate::dashboard::serve(d.port, config.clone(), dashboard_cancel.clone()) {
+                    Ok(s) => s,
+                    Err(e) if d.port != 0 => {
+                        tracing::info!(error = %e, "dashboard port taken; serving on a free one");
+                        crate::dashboard::serve(0, config, dashboard_cancel.clone())?
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+            Some((server.url(), ws_url))
+        }
+        None => None,
+    };
     let mut bus = BusConfig::new(&url, "modalis", topics.clone())
         .with_context(|| format!("--broker {url}"))?;
     bus.credentials = credentials;
@@ -152,6 +201,9 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
         format!("mosquitto_sub -h {host} -p {port} -t 'modalis/#' -v")
     };
     println!("  watch it   {watch}");
+    if let Some((page, ws)) = &dashboard {
+        println!("  dashboard  {page}  (broker over WebSockets: {ws})");
+    }
     println!("  audit log  {}", opts.audit_dir.display());
     println!(
         "  plugins    {}",
@@ -191,7 +243,9 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
         };
         let profiles = protocol.devices.values().cloned().collect();
         let mut sim_bus = bus.clone();
-        sim_bus.client_id = "modalis-sim".into();
+        // Per controller: simulators of two controllers on one broker must not take each
+        // other's connections over (MQTT client ids are unique per broker).
+        sim_bus.client_id = format!("modalis-sim-{}", opts.controller_id);
         let s = Simulator::spawn(sim_bus, profiles, options, sim_cancel.clone())
             .context("starting the device simulator")?;
         println!(
@@ -228,6 +282,22 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
 
     ctl_cancel.cancel();
     ctl.join().await.context("stopping the controller")?;
+    if let Some(s) = &sim {
+        // The controller's last stops are on their way: let the simulated devices receive,
+        // apply and acknowledge them (or their leases lapse) before they disappear, as real
+        // devices would, so a dashboard or a test sees every source stop. Bounded: a device
+        // with the ignore-stop fault keeps delivering until its lease ends, or forever when
+        // it also ignores leases.
+        let deadline = tokio::time::Instant::now() + SIM_SETTLE;
+        while s
+            .devices()
+            .iter()
+            .any(|d| s.state(d).is_some_and(|st| st.any_energised()))
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
     sim_cancel.cancel();
     if let Some(s) = sim {
         s.join().await;

@@ -184,8 +184,10 @@ pub async fn run(args: SimArgs, cancel: CancellationToken) -> anyhow::Result<()>
     let profiles = load_profiles(&args)?;
     let faults = collect_faults(&args.faults, &profiles)?;
     let topics = Topics::new(&args.controller).context("--controller")?;
-    let mut bus =
-        BusConfig::new(&args.broker, "modalis-sim", topics.clone()).context("--broker")?;
+    // One client id per controller and device: two simulators for two controllers on one
+    // broker must not take each other's connections over.
+    let client_id = format!("modalis-sim-{}", args.controller);
+    let mut bus = BusConfig::new(&args.broker, &client_id, topics.clone()).context("--broker")?;
     bus.credentials = match (&args.username, &args.password) {
         (Some(u), p) => Some(Credentials {
             username: u.clone(),

@@ -496,6 +496,7 @@ async fn capture() {
         yes: true,
         plugins: modalis::runner::bundled_plugins(),
         plugin_trust: modalis::controller::PluginTrust::development().expect("dev key"),
+        dashboard: None,
     };
     let run_cancel = CancellationToken::new();
     let run = tokio::spawn(modalis::runner::run(opts, run_cancel.clone()));

@@ -28,6 +28,8 @@ pub struct Mosquitto {
     child: Option<Child>,
     port: u16,
     conf: PathBuf,
+    /// The MQTT-over-WebSockets listener, when asked for.
+    pub ws_port: Option<u16>,
     _dir: tempfile::TempDir,
 }
 
@@ -57,6 +59,16 @@ impl Mosquitto {
 
     /// Starts mosquitto with this ACL and these users.
     pub fn start_with(acl_text: &str, users: &[(&str, &str)]) -> Mosquitto {
+        Mosquitto::start_inner(acl_text, users, false)
+    }
+
+    /// [`Mosquitto::start_with`], plus an MQTT-over-WebSockets listener for browsers (the same
+    /// users and ACL).
+    pub fn start_with_websockets(acl_text: &str, users: &[(&str, &str)]) -> Mosquitto {
+        Mosquitto::start_inner(acl_text, users, true)
+    }
+
+    fn start_inner(acl_text: &str, users: &[(&str, &str)], websockets: bool) -> Mosquitto {
         let dir = tempfile::tempdir().expect("tempdir");
         // mosquitto started as root drops to the `mosquitto` user and then refuses files it
         // cannot read (design brief): make the directory and files readable.
@@ -83,6 +95,7 @@ impl Mosquitto {
         std::fs::write(&acl, acl_text).expect("acl written");
         set_mode(&acl, 0o644);
         let port = free_port();
+        let ws_port = websockets.then(free_port);
         let conf = dir.path().join("mosquitto.conf");
         let mut f = std::fs::File::create(&conf).expect("conf created");
         write!(
@@ -99,11 +112,15 @@ impl Mosquitto {
             acl.display()
         )
         .expect("conf written");
+        if let Some(ws) = ws_port {
+            writeln!(f, "listener {ws} 127.0.0.1\nprotocol websockets").expect("conf written");
+        }
         set_mode(&conf, 0o644);
         let mut m = Mosquitto {
             child: None,
             port,
             conf,
+            ws_port,
             _dir: dir,
         };
         m.spawn();

@@ -5,6 +5,7 @@ mod asyncapi;
 mod bus;
 mod cli;
 mod controller;
+mod dashboard;
 mod first_party;
 mod malformed;
 mod plugin_new;
