@@ -70,6 +70,7 @@ fn page_address(
                 .next()
                 .unwrap_or_default()
                 .to_string();
+            assert!(url.starts_with("http://127.0.0.1:"), "{url}");
             return (url, (rx, seen));
         }
         seen.push(line);
@@ -106,8 +107,9 @@ fn controller_cmd(broker: &Mosquitto, tmp: &Path, controller: &str) -> Command {
     cmd
 }
 
-#[test]
-fn the_dashboard_shows_a_live_session_alarms_and_stops_everything_in_a_real_browser() {
+/// The dashboard directory with its npm packages installed, or `None` (after saying why)
+/// when node or chromium is missing outside CI.
+fn browser_ready() -> Option<PathBuf> {
     let missing: Vec<&str> = [
         ("node", have("node")),
         (CHROMIUM, Path::new(CHROMIUM).exists()),
@@ -124,9 +126,14 @@ fn the_dashboard_shows_a_live_session_alarms_and_stops_everything_in_a_real_brow
         eprintln!(
             "SKIPPED: the dashboard browser test needs {missing:?} (apt-get install nodejs npm chromium)"
         );
-        return;
+        return None;
     }
     let dir = dashboard_dir();
+    // One `npm ci` at a time: the browser tests run in parallel.
+    static NPM: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = NPM
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if !dir.join("node_modules/playwright-core").exists() {
         let status = Command::new("npm")
             .args(["ci", "--ignore-scripts", "--no-audit", "--no-fund"])
@@ -135,6 +142,15 @@ fn the_dashboard_shows_a_live_session_alarms_and_stops_everything_in_a_real_brow
             .expect("npm runs");
         assert!(status.success(), "npm ci in examples/dashboard failed");
     }
+
+    Some(dir)
+}
+
+#[test]
+fn the_dashboard_shows_a_live_session_alarms_and_stops_everything_in_a_real_browser() {
+    let Some(dir) = browser_ready() else {
+        return;
+    };
 
     let acl = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/mosquitto/acl"),
@@ -175,14 +191,8 @@ fn the_dashboard_shows_a_live_session_alarms_and_stops_everything_in_a_real_brow
     let pid = child.id();
     let (url, (rx, seen)) = page_address(child.stdout.take().expect("stdout"));
     let _controller = Killed(child);
-    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
 
-    let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .map_or_else(|| PathBuf::from("target"), Path::to_path_buf)
-        .join("ci-artifacts");
-    std::fs::create_dir_all(&artifacts).expect("artifacts directory");
-    let screenshot = artifacts.join("dashboard-mid-session.png");
+    let screenshot = artifacts().join("dashboard-mid-session.png");
     let out = Command::new("node")
         .arg("test/dashboard.test.mjs")
         .current_dir(&dir)
@@ -232,4 +242,57 @@ fn the_dashboard_shows_a_live_session_alarms_and_stops_everything_in_a_real_brow
         "screenshot of the page mid-session: {}",
         screenshot.display()
     );
+}
+
+#[test]
+fn the_dashboard_works_over_the_embedded_brokers_websockets_listener() {
+    let Some(dir) = browser_ready() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_modalis"))
+        .args(["demo", "--speed", "20", "--port", "0"])
+        .args(["--dashboard", "--dashboard-port", "0"])
+        .arg("--audit-dir")
+        .arg(tmp.path().join("audit"))
+        .env("MODALIS_CACHE_DIR", tmp.path().join("cache"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("modalis demo starts");
+    let (url, (rx, seen)) = page_address(child.stdout.take().expect("stdout"));
+    let _demo = Killed(child);
+    let screenshot = artifacts().join("dashboard-embedded-failure.png");
+    let out = Command::new("node")
+        .arg("test/embedded.test.mjs")
+        .current_dir(&dir)
+        .env("DASHBOARD_URL", &url)
+        .env("SCREENSHOT", &screenshot)
+        .env("CHROMIUM", CHROMIUM)
+        .output()
+        .expect("node runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rest: Vec<String> = rx.try_iter().collect();
+    assert!(
+        out.status.success(),
+        "the browser test failed:\n{text}\n--- modalis demo said:\n{}\n{}",
+        seen.join("\n"),
+        rest.join("\n")
+    );
+    println!("{text}");
+}
+
+/// `target/ci-artifacts/`, where CI keeps screenshots.
+fn artifacts() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("target"), Path::to_path_buf)
+        .join("ci-artifacts");
+    std::fs::create_dir_all(&dir).expect("artifacts directory");
+    dir
 }
