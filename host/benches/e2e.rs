@@ -850,15 +850,28 @@ async fn estop_phase(
 // ---------------------------------------------------------------------------------------
 // 3: throughput
 
-/// Publishes pre-serialised payloads from each client as fast as it goes; returns when all
-/// are handed to the clients' event loops.
-async fn blast(clients: Vec<(AsyncClient, String, Vec<Vec<u8>>)>) -> anyhow::Result<()> {
+/// One publisher of a blast: its client, the device it speaks for, its topic, the first
+/// `seq` and how many readings.
+struct Blaster {
+    client: AsyncClient,
+    device: String,
+    topic: String,
+    first_seq: u64,
+    count: usize,
+}
+
+/// Publishes in-range readings (alternating channels) from each client as fast as it goes,
+/// each stamped when it is published as a device would; returns when all are handed to the
+/// clients' event loops.
+async fn blast(blasters: Vec<Blaster>) -> anyhow::Result<()> {
     let q = common::qos(TopicKind::DeviceTelemetry.qos());
     let mut set = tokio::task::JoinSet::new();
-    for (client, topic, payloads) in clients {
+    for b in blasters {
         set.spawn(async move {
-            for p in payloads {
-                client.publish(topic.clone(), q, false, p).await?;
+            for k in 0..b.count {
+                let ch = if k % 2 == 0 { "ch1" } else { "ch2" };
+                let p = telemetry(&b.device, ch, b.first_seq + k as u64, NORMAL_OHM)?;
+                b.client.publish(b.topic.clone(), q, false, p).await?;
             }
             anyhow::Ok(())
         });
@@ -880,19 +893,6 @@ async fn throughput_phase(
     const RUNS: usize = 3;
     let per = messages / DEVICES;
     let total = per * DEVICES;
-    let rig = Rig::start(mq, work, "bench-throughput", cache).await?;
-    let mut probes = Vec::new();
-    let mut ids = Vec::new();
-    for i in 0..DEVICES {
-        let tag = format!("tp{i:02}");
-        let st = rig.files.probe_station(&tag)?;
-        let mut p = Probe::connect(mq, &rig.topics, &format!("tens-2ch-{tag}")).await?;
-        let id = format!("throughput-{tag}");
-        run_session(&rig.ctl, &st, &id).await?;
-        p.wait_energised().await?;
-        probes.push(p);
-        ids.push(id);
-    }
     // The broker's own rate: the same messages from as many publishers to one subscriber.
     let floor_topics = Topics::new(FLOOR_CTL)?;
     let mut sink = Raw::connect(
@@ -920,17 +920,17 @@ async fn throughput_phase(
     let t_start = Instant::now();
     for run in 0..RUNS {
         // Floor.
-        let batch: Vec<(AsyncClient, String, Vec<Vec<u8>>)> = floor_pubs
+        let batch: Vec<Blaster> = floor_pubs
             .iter()
             .enumerate()
-            .map(|(i, (raw, topic))| {
-                let dev = format!("tp-floor-{i:02}");
-                let v = (1..=per as u64)
-                    .map(|s| telemetry(&dev, "ch1", s, NORMAL_OHM))
-                    .collect::<anyhow::Result<Vec<_>>>()?;
-                Ok((raw.client.clone(), topic.clone(), v))
+            .map(|(i, (raw, topic))| Blaster {
+                client: raw.client.clone(),
+                device: format!("tp-floor-{i:02}"),
+                topic: topic.clone(),
+                first_seq: 1 + (run * per) as u64,
+                count: per,
             })
-            .collect::<anyhow::Result<_>>()?;
+            .collect();
         sink.drain();
         let t0 = Instant::now();
         blast(batch).await?;
@@ -950,6 +950,22 @@ async fn throughput_phase(
         // modalis: the same number of messages into running sessions, then one over-limit
         // reading per device; its stop says everything before it was processed (one
         // connection per device keeps its messages in order).
+        // A fresh controller per run, its sessions started just before the blast: after a
+        // blast the controller was seen busy for seconds (see BENCHMARKS.md), and a source
+        // with no telemetry for the staleness limit (5 s) is stopped by the watchdog.
+        let rig = Rig::start(mq, work, &format!("bench-throughput-{run}"), cache).await?;
+        let mut probes = Vec::new();
+        let mut ids = Vec::new();
+        for i in 0..DEVICES {
+            let tag = format!("tp{i:02}");
+            let st = rig.files.probe_station(&tag)?;
+            let mut p = Probe::connect(mq, &rig.topics, &format!("tens-2ch-{tag}")).await?;
+            let id = format!("throughput-{tag}");
+            run_session(&rig.ctl, &st, &id).await?;
+            p.wait_energised().await?;
+            probes.push(p);
+            ids.push(id);
+        }
         let soak_until = Instant::now() + soak;
         let mut sent = 0usize;
         let dropped0 = rig.ctl.stats().await?.dropped_inbound;
@@ -957,25 +973,19 @@ async fn throughput_phase(
         let mcpu0 = cpu_time(mq.pid());
         let t0 = Instant::now();
         loop {
-            let mut batch = Vec::new();
-            for p in probes.iter_mut() {
-                let v = (0..per)
-                    .map(|k| {
-                        p.seq += 1;
-                        telemetry(
-                            &p.id,
-                            if k % 2 == 0 { "ch1" } else { "ch2" },
-                            p.seq,
-                            NORMAL_OHM,
-                        )
-                    })
-                    .collect::<anyhow::Result<Vec<_>>>()?;
-                batch.push(v);
-            }
             let clients = probes
-                .iter()
-                .zip(batch)
-                .map(|(p, v)| (p.raw.client.clone(), p.telemetry.clone(), v))
+                .iter_mut()
+                .map(|p| {
+                    let b = Blaster {
+                        client: p.raw.client.clone(),
+                        device: p.id.clone(),
+                        topic: p.telemetry.clone(),
+                        first_seq: p.seq + 1,
+                        count: per,
+                    };
+                    p.seq += per as u64;
+                    b
+                })
                 .collect();
             blast(clients).await?;
             sent += total;
@@ -994,8 +1004,8 @@ async fn throughput_phase(
             loop {
                 tries += 1;
                 ensure!(
-                    tries <= 50,
-                    "{}: no stop after 50 over-limit readings",
+                    tries <= 30,
+                    "{}: no stop after 30 over-limit readings (was ch1 stopped for another reason? RUST_LOG=modalis::controller=warn shows the alarms)",
                     p.id
                 );
                 p.seq += 1;
@@ -1003,7 +1013,7 @@ async fn throughput_phase(
                 p.raw
                     .publish(&p.telemetry, TopicKind::DeviceTelemetry.qos(), payload)
                     .await?;
-                if let Some(d) = p.wait_stop("ch1", t0, Duration::from_secs(5)).await? {
+                if let Some(d) = p.wait_stop("ch1", t0, Duration::from_millis(300)).await? {
                     t_end = t_end.max(t0 + d);
                     break;
                 }
@@ -1025,16 +1035,13 @@ async fn throughput_phase(
             broker_rates.last().copied().unwrap_or(0.0),
             rates.last().copied().unwrap_or(0.0),
         );
-        // A fresh session per run: the marker tripped ch1.
-        for (i, p) in probes.iter_mut().enumerate() {
-            end_session(&rig.ctl, &ids[i]).await?;
-            let tag = format!("tp{i:02}");
-            let id = format!("throughput-{tag}-{run}");
-            p.raw.drain();
-            run_session(&rig.ctl, &rig.files.probe_station(&tag)?, &id).await?;
-            p.wait_energised().await?;
-            ids[i] = id;
+        for id in &ids {
+            end_session(&rig.ctl, id).await?;
         }
+        for p in probes {
+            p.raw.close().await;
+        }
+        rig.finish().await?;
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -1077,17 +1084,10 @@ async fn throughput_phase(
         verdict(rate >= THROUGHPUT_MSG_S),
         verdict(rate >= THROUGHPUT_BROKER_RATIO * broker)
     );
-    for id in &ids {
-        end_session(&rig.ctl, id).await?;
-    }
-    for p in probes {
-        p.raw.close().await;
-    }
     for (raw, _) in floor_pubs {
         raw.close().await;
     }
     sink.close().await;
-    rig.finish().await?;
     Ok(())
 }
 
@@ -1129,6 +1129,9 @@ async fn startup_phase(mq: &Mosquitto, work: &Path) -> anyhow::Result<()> {
             .arg("--operator")
             .arg(OPERATOR)
             .arg("--yes")
+            // As `modalis demo`: the bundled plugins' signatures are checked, against the
+            // development key.
+            .arg("--trust-dev-key")
             .arg("--audit-dir")
             .arg(work.join(format!("startup-audit-{k}")))
             .arg("--controller")
@@ -1141,11 +1144,20 @@ async fn startup_phase(mq: &Mosquitto, work: &Path) -> anyhow::Result<()> {
             .spawn()
             .with_context(|| format!("spawning {bin}"))?;
         let ready = async {
+            let deadline = Instant::now() + Duration::from_secs(30);
             loop {
-                let r = tokio::time::timeout(Duration::from_secs(30), sub.rx.recv())
-                    .await
-                    .context("the controller was not online within 30 s")?
-                    .context("state watcher ended")?;
+                ensure!(
+                    Instant::now() < deadline,
+                    "the controller was not online within 30 s"
+                );
+                if let Some(st) = child.try_wait()? {
+                    anyhow::bail!("`modalis run` exited ({st}) before it was online");
+                }
+                let Ok(r) = tokio::time::timeout(Duration::from_millis(100), sub.rx.recv()).await
+                else {
+                    continue;
+                };
+                let r = r.context("state watcher ended")?;
                 if String::from_utf8_lossy(&r.payload).contains("\"online\"") {
                     return anyhow::Ok(r.at - t0);
                 }
@@ -1195,7 +1207,11 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+                // Alarms are the benchmark's own doing (over-limit readings, e-stops): not
+                // logged unless RUST_LOG asks.
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new("error,modalis::controller=off")
+                }),
         )
         .with_writer(std::io::stderr)
         .init();
