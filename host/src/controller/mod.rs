@@ -757,6 +757,16 @@ struct Core {
     drops: (u64, Option<Instant>),
 }
 
+/// An e-stop between its stops (queued) and the rest of it (see `Core::estop`).
+struct EstopStaged {
+    /// What the supervisor decided besides the stops.
+    actions: Vec<Action>,
+    /// Session time of the e-stop.
+    t: u64,
+    /// The channels already sent a stop.
+    stopped: Vec<(String, String)>,
+}
+
 /// Most rejected inbound messages audited one by one per second; the rest are counted.
 const REJECTS_AUDITED_PER_S: u64 = 20;
 
@@ -2790,8 +2800,19 @@ impl Core {
             .payload(serde_json::json!({"reason": reason, "sessions": []}));
             self.record(e);
         }
+        // Every session's stops first, audited in one batch (one group commit) and published
+        // together; only then each session's alarm, records and transition. Stopping one
+        // session after another (stops, commit, alarm, transition, next session) put the last
+        // of 16 stations' stops ~85 ms after the e-stop (benches/e2e.rs).
+        let mut staged = Vec::new();
         for id in live {
-            self.estop_station(&id, source, reason).await;
+            if let Some(st) = self.estop_stops(&id, reason).await {
+                staged.push((id, st));
+            }
+        }
+        self.flush().await;
+        for (id, st) in staged {
+            self.estop_rest(&id, source, reason, st).await;
         }
     }
 
@@ -2799,12 +2820,20 @@ impl Core {
     /// the session's devices gets a stop, energised or not (a device that missed a command
     /// must not be left running).
     async fn estop_station(&mut self, id: &str, source: &str, reason: &str) {
-        let now = Instant::now();
-        let Some(s) = self.stations.get_mut(id) else {
+        let Some(st) = self.estop_stops(id, reason).await else {
             return;
         };
+        self.flush().await;
+        self.estop_rest(id, source, reason, st).await;
+    }
+
+    /// The first half of an e-stop: latches the supervisor and queues a stop for every
+    /// channel of the session's devices (not flushed). `None` when the session has ended.
+    async fn estop_stops(&mut self, id: &str, reason: &str) -> Option<EstopStaged> {
+        let now = Instant::now();
+        let s = self.stations.get_mut(id)?;
         if s.state.is_final() {
-            return;
+            return None;
         }
         let t = s.clock.at(now);
         let actions = s
@@ -2820,7 +2849,21 @@ impl Core {
                 .await;
             stopped.push((device.clone(), channel.clone()));
         }
-        self.flush().await;
+        Some(EstopStaged {
+            actions,
+            t,
+            stopped,
+        })
+    }
+
+    /// The rest of an e-stop, once its stops went out: the supervisor's other actions, the
+    /// record, the alarm and the transition.
+    async fn estop_rest(&mut self, id: &str, source: &str, reason: &str, st: EstopStaged) {
+        let EstopStaged {
+            actions,
+            t,
+            stopped,
+        } = st;
         let rest: Vec<Action> = actions
             .into_iter()
             .filter(|a| !matches!(a, Action::Stop { device_id, channel, .. } if stopped.contains(&(device_id.clone(), channel.clone()))))
