@@ -295,14 +295,30 @@ struct Rig {
 
 impl Rig {
     async fn start(mq: &Mosquitto, work: &Path, name: &str, cache: &Path) -> anyhow::Result<Rig> {
+        Rig::start_for(mq, work, name, cache, 0).await
+    }
+
+    /// A controller for `stations` stations: the plugin runtime's pool (64 instances by
+    /// default) is raised to hold a warm instance per block (three per simulated station)
+    /// plus the fresh ones plans run in; the default pool refuses the 22nd station.
+    async fn start_for(
+        mq: &Mosquitto,
+        work: &Path,
+        name: &str,
+        cache: &Path,
+        stations: usize,
+    ) -> anyhow::Result<Rig> {
         let topics = Topics::new(name)?;
         let bus = BusConfig::new(&mq.url(), name, topics.clone())?;
         let audit_dir = work.join(format!("audit-{name}"));
+        let mut runtime = RuntimeConfig::new(cache);
+        let needed = u32::try_from(4 * (stations + PROBES)).unwrap_or(u32::MAX);
+        runtime.max_instances = runtime.max_instances.max(needed);
         let mut cfg = ControllerConfig::new(
             name,
             bus,
             audit_dir.clone(),
-            RuntimeConfig::new(cache),
+            runtime,
             modalis::runner::bundled_plugins(),
         );
         cfg.plugin_trust = modalis::controller::PluginTrust::development()?;
@@ -605,7 +621,7 @@ async fn reaction_phase(
     load: usize,
     samples: usize,
 ) -> anyhow::Result<ReactionResult> {
-    let rig = Rig::start(mq, work, name, cache).await?;
+    let rig = Rig::start_for(mq, work, name, cache, load).await?;
     let sims = if load > 0 {
         Some(SimStations::start(&rig, mq, "bg", load).await?)
     } else {
@@ -985,7 +1001,8 @@ async fn throughput_phase(
     soak: Duration,
 ) -> anyhow::Result<()> {
     const DEVICES: usize = 8;
-    const RUNS: usize = 3;
+    // One long run when soaking (one controller, RSS sampled after each blast).
+    let runs = if soak.is_zero() { 3 } else { 1 };
     let per = messages / DEVICES;
     let total = per * DEVICES;
     // The broker's own rate: the same messages from as many publishers to one subscriber.
@@ -1013,7 +1030,7 @@ async fn throughput_phase(
     let mut dropped_total = 0;
     let mut rss: Vec<(f64, u64)> = Vec::new();
     let t_start = Instant::now();
-    for run in 0..RUNS {
+    for run in 0..runs {
         // Floor.
         let batch: Vec<Blaster> = floor_pubs
             .iter()
@@ -1149,7 +1166,7 @@ async fn throughput_phase(
     let rate = median(&mut rates);
     let broker = median(&mut broker_rates);
     println!(
-        "THROUGHPUT: telemetry from {DEVICES} devices in running sessions, {total} messages per blast (median of {RUNS} runs)"
+        "THROUGHPUT: telemetry from {DEVICES} devices in running sessions, {total} messages per blast (median of {runs} runs)"
     );
     println!(
         "  modalis         {rate:.0} msg/s ingested, schema-checked, governed, plugin-fed, audited"
