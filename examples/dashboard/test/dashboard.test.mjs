@@ -118,13 +118,15 @@ try {
   await watcher.publishAsync(root + `sim/${device}/fault`, JSON.stringify({
     seq: 1, ts_ms: Date.now(), device, faults: { overheating_gain: 50.0 },
   }), { qos: 1, retain: false });
-  const high = page.locator('.alarm[data-priority="high"]').first();
-  await high.waitFor({ timeout: T });
+  await page.locator('.alarm[data-priority="high"]').first().waitFor({ timeout: T });
+  // A handle on this alarm, not a locator: newer alarms are prepended, and `.first()` would
+  // move to one of them between the click and the check.
+  const high = await page.$('.alarm[data-priority="high"]');
   const rule = await high.getAttribute('data-rule');
   const colour = await high.evaluate((e) => getComputedStyle(e).animationName);
   if (colour !== 'flash') throw new Error(`a high alarm must flash; animation is ${colour}`);
   log(`high-priority alarm shown: ${rule}`);
-  await high.locator('button.ack').click();
+  await (await high.$('button.ack')).click();
   if ((await high.getAttribute('data-acked')) !== 'true') throw new Error('acknowledging did not stick');
   log('alarm acknowledged');
 
