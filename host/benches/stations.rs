@@ -22,6 +22,10 @@
 //! One run is one sample of a noisy 2-core machine: run it a few times and quote medians.
 //! `RUST_LOG` sets the log filter (default `warn`: alarms are logged).
 
+// The e2e benchmark's helpers; this one uses only the profile renaming.
+#[allow(dead_code)]
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -137,24 +141,6 @@ reposition_s = 5
     )
 }
 
-/// `text` (a device profile) with its top-level `id = "..."` made `<id>-<suffix>`.
-fn with_id_suffix(text: &str, suffix: &str) -> anyhow::Result<String> {
-    let mut found = false;
-    let mut out = String::with_capacity(text.len() + 8);
-    for line in text.lines() {
-        match line.strip_prefix("id = \"").and_then(|r| r.split_once('"')) {
-            Some((id, rest)) if !found => {
-                found = true;
-                out.push_str(&format!("id = \"{id}-{suffix}\"{rest}"));
-            }
-            _ => out.push_str(line),
-        }
-        out.push('\n');
-    }
-    ensure!(found, "no top-level `id = \"...\"` line in the profile");
-    Ok(out)
-}
-
 /// Writes every station's protocol, profiles and the patient into `dir`; returns the
 /// protocol files.
 fn write_stations(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
@@ -174,7 +160,7 @@ fn write_stations(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         for (role, text) in &profiles {
             std::fs::write(
                 dir.join(format!("{role}-{suffix}.toml")),
-                with_id_suffix(text, &suffix)?,
+                common::with_id_suffix(text, &suffix)?,
             )?;
         }
         let f = dir.join(format!("station-{n:02}.toml"));

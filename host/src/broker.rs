@@ -74,14 +74,7 @@ impl EmbeddedBroker {
             let addr = free_port()?;
             let ws = if websockets { Some(free_port()?) } else { None };
             let thread = spawn(addr, ws)?;
-            let ready = match wait_listening(addr, &thread).await {
-                Ok(()) => match ws {
-                    Some(ws) => wait_listening(ws, &thread).await,
-                    None => Ok(()),
-                },
-                Err(waited) => Err(waited),
-            };
-            let ready = match ready {
+            let ready = match wait_all_listening(addr, ws, &thread).await {
                 Ok(()) => still_ours(&thread).await,
                 Err(waited) => Err(waited),
             };
@@ -125,14 +118,7 @@ impl EmbeddedBroker {
         };
         let ws = if websockets { Some(free_port()?) } else { None };
         let thread = spawn(addr, ws)?;
-        let ready = match wait_listening(addr, &thread).await {
-            Ok(()) => match ws {
-                Some(ws) => wait_listening(ws, &thread).await,
-                None => Ok(()),
-            },
-            Err(waited) => Err(waited),
-        };
-        match ready {
+        match wait_all_listening(addr, ws, &thread).await {
             Ok(()) => {
                 tracing::info!(%addr, ?ws, "embedded MQTT broker listening (127.0.0.1 only, no ACL)");
                 Ok(EmbeddedBroker { addr, ws })
@@ -158,6 +144,19 @@ impl EmbeddedBroker {
     /// `ws://127.0.0.1:<port>/mqtt`, the WebSockets listener, if it has one.
     pub fn ws_url(&self) -> Option<String> {
         self.ws.map(|a| format!("ws://{a}/mqtt"))
+    }
+}
+
+/// [`wait_listening`] for the MQTT listener, then for the WebSockets one if there is one.
+async fn wait_all_listening(
+    addr: SocketAddr,
+    ws: Option<SocketAddr>,
+    thread: &std::thread::JoinHandle<()>,
+) -> Result<(), Duration> {
+    wait_listening(addr, thread).await?;
+    match ws {
+        Some(ws) => wait_listening(ws, thread).await,
+        None => Ok(()),
     }
 }
 

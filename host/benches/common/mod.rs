@@ -1,4 +1,5 @@
-//! Helpers of the end-to-end benchmark (`host/benches/e2e.rs`): a mosquitto on a free
+//! Helpers of the end-to-end benchmark (`host/benches/e2e.rs`; `stations.rs` shares the
+//! profile renaming): a mosquitto on a free
 //! loopback port, a raw MQTT client on the same library the controller uses (rumqttc, MQTT 5,
 //! `TCP_NODELAY`) for the floors and for the devices the benchmark plays itself, percentiles,
 //! and the process counters read from /proc.

@@ -220,19 +220,7 @@ fn the_dashboard_shows_a_live_session_alarms_and_stops_everything_in_a_real_brow
         .env("CHROMIUM", CHROMIUM)
         .output()
         .expect("node runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rest: Vec<String> = rx.try_iter().collect();
-    assert!(
-        out.status.success(),
-        "the browser test failed:\n{text}\n--- modalis run said:\n{}\n{}",
-        seen.join("\n"),
-        rest.join("\n")
-    );
-    println!("{text}");
+    browser_passed(&out, "modalis run", &rx, &seen);
     assert!(
         screenshot.exists(),
         "no screenshot at {}",
@@ -272,6 +260,17 @@ fn the_dashboard_works_over_the_embedded_brokers_websockets_listener() {
         .env("CHROMIUM", CHROMIUM)
         .output()
         .expect("node runs");
+    browser_passed(&out, "modalis demo", &rx, &seen);
+}
+
+/// Fails with the browser script's output and what `modalis` printed (so far and since),
+/// unless the script passed; prints its output otherwise.
+fn browser_passed(
+    out: &std::process::Output,
+    who: &str,
+    rx: &mpsc::Receiver<String>,
+    seen: &[String],
+) {
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -280,7 +279,7 @@ fn the_dashboard_works_over_the_embedded_brokers_websockets_listener() {
     let rest: Vec<String> = rx.try_iter().collect();
     assert!(
         out.status.success(),
-        "the browser test failed:\n{text}\n--- modalis demo said:\n{}\n{}",
+        "the browser test failed:\n{text}\n--- {who} said:\n{}\n{}",
         seen.join("\n"),
         rest.join("\n")
     );
