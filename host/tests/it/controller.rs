@@ -193,6 +193,8 @@ impl Watcher {
 
 /// Broker, simulator, controller and watcher for one test.
 struct Rig {
+    /// Keeps the browser tests out while this rig runs (see `crate::HEAVY`).
+    _not_heavy: tokio::sync::RwLockReadGuard<'static, ()>,
     broker: TestBroker,
     dir: tempfile::TempDir,
     topics: Topics,
@@ -228,6 +230,7 @@ impl Rig {
         faults: BTreeMap<String, Faults>,
         tweak: impl FnOnce(&mut ControllerConfig),
     ) -> Rig {
+        let not_heavy = crate::HEAVY.read().await;
         let dir = tempfile::tempdir().expect("tempdir");
         let (file, text) = match text {
             Some(text) => {
@@ -273,6 +276,7 @@ impl Rig {
         )
         .await;
         Rig {
+            _not_heavy: not_heavy,
             broker,
             dir,
             topics,

@@ -151,6 +151,7 @@ fn the_dashboard_shows_a_live_session_alarms_and_stops_everything_in_a_real_brow
     let Some(dir) = browser_ready() else {
         return;
     };
+    let _heavy = crate::HEAVY.blocking_write();
 
     let acl = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/mosquitto/acl"),
@@ -237,6 +238,7 @@ fn the_dashboard_works_over_the_embedded_brokers_websockets_listener() {
     let Some(dir) = browser_ready() else {
         return;
     };
+    let _heavy = crate::HEAVY.blocking_write();
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut child = Command::new(env!("CARGO_BIN_EXE_modalis"))
         .args(["demo", "--speed", "20", "--port", "0"])

@@ -15,3 +15,9 @@ mod schemas;
 mod signing;
 mod sim;
 mod tls;
+
+/// The browser tests (two controllers, mosquitto and Chromium at once) take this for writing,
+/// and every controller rig for reading, so they never run beside the controller tests, whose
+/// bounds (leases renewed in time, no alarm in a clean run) a 2-core machine under that load
+/// can miss: the fresh-clone CI run once saw a lease lapse there.
+pub static HEAVY: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
