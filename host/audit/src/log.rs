@@ -77,6 +77,8 @@ enum Msg {
         /// `None` for group-committed telemetry nobody waits for.
         done: Option<Reply<u64>>,
     },
+    /// Several records that go into one group commit together: all are written or none.
+    AppendBatch(Vec<Pending>),
     Flush(Reply<u64>),
     Checkpoint(Reply<Checkpoint>),
     Shutdown(Reply<()>),
@@ -195,26 +197,35 @@ impl AuditLog {
         wait.recv().map_err(|_| AuditError::Closed)?
     }
 
-    /// Appends several records in order with one wait: they share group commits (usually
-    /// one), so a burst of commands costs about one flush instead of one each. Returns each
-    /// record's result in order; a record whose result is `Err` must not be acted on.
+    /// Appends several records in order with one wait, in one group commit: all of them are
+    /// written or none is (a burst of stop commands costs one flush, and a stop for one
+    /// device is never on record while the stop beside it is not). Returns each record's
+    /// result in order; a record whose result is `Err` must not be acted on.
     pub fn append_batch(&self, entries: Vec<Entry>) -> Vec<Result<u64, AuditError>> {
-        let waits: Vec<Result<mpsc::Receiver<Result<u64, AuditError>>, AuditError>> = entries
+        // One message, not one per record: sent separately, the writer could pick up the
+        // first records before the rest arrived and commit them on their own.
+        let (items, waits): (Vec<Pending>, Vec<_>) = entries
             .into_iter()
             .map(|entry| {
                 let (done, wait) = mpsc::sync_channel(1);
-                self.send(Msg::Append {
+                let item = Pending {
                     entry,
                     wall_ms: now_ms(),
                     mono_ns: self.mono_ns(),
                     done: Some(done),
-                })
-                .map(|()| wait)
+                };
+                (item, wait)
             })
-            .collect();
+            .unzip();
+        if items.is_empty() {
+            return Vec::new();
+        }
+        if self.send(Msg::AppendBatch(items)).is_err() {
+            return waits.iter().map(|_| Err(AuditError::Closed)).collect();
+        }
         waits
             .into_iter()
-            .map(|w| w.and_then(|w| w.recv().map_err(|_| AuditError::Closed)?))
+            .map(|w| w.recv().map_err(|_| AuditError::Closed)?)
             .collect()
     }
 
@@ -478,6 +489,7 @@ impl Writer {
                             done,
                         });
                     }
+                    Msg::AppendBatch(items) => pending.extend(items),
                     Msg::Flush(r) => waiters.push(Waiter::Flush(r)),
                     Msg::Checkpoint(r) => waiters.push(Waiter::Checkpoint(r)),
                     Msg::Shutdown(r) => waiters.push(Waiter::Shutdown(r)),
