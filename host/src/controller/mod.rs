@@ -726,6 +726,11 @@ struct Core {
     seq: Sequencer,
     plugins: BTreeMap<String, Plugin>,
     stations: BTreeMap<String, Station>,
+    /// Device id -> the session that has it, for the sessions not yet ended: every inbound
+    /// message asks, and `stations` keeps ended sessions (their reports and snapshots) for
+    /// the controller's lifetime, so scanning it made each message cost more the longer the
+    /// controller ran. Filled when a session is prepared, emptied when it ends.
+    device_owner: HashMap<String, String>,
     /// Station number per session, for lease ids unique per controller.
     station_numbers: HashMap<String, u64>,
     pending: HashMap<String, Pending>,
@@ -975,6 +980,7 @@ impl Core {
             seq: Sequencer::new(),
             plugins,
             stations: BTreeMap::new(),
+            device_owner: HashMap::new(),
             station_numbers: HashMap::new(),
             pending: HashMap::new(),
             outbox: Vec::new(),
@@ -1993,10 +1999,18 @@ impl Core {
     }
 
     fn owner(&self, device: &str) -> Option<String> {
-        self.stations
-            .iter()
-            .find(|(_, s)| !s.state.is_final() && s.has_device(device))
-            .map(|(k, _)| k.clone())
+        let owner = self.device_owner.get(device).cloned();
+        // The index must say what a scan of the sessions says; the tests (debug builds)
+        // check that on every message.
+        debug_assert_eq!(
+            owner,
+            self.stations
+                .iter()
+                .find(|(_, s)| !s.state.is_final() && s.has_device(device))
+                .map(|(k, _)| k.clone()),
+            "device_owner disagrees with the sessions about {device}"
+        );
+        owner
     }
 
     async fn on_telemetry(&mut self, t: DeviceTelemetry) {
@@ -2594,6 +2608,9 @@ impl Core {
             steps: st.steps.len(),
         };
         st.report = report;
+        for p in &st.profiles {
+            self.device_owner.insert(p.id.clone(), id.clone());
+        }
         self.stations.insert(id.clone(), st);
         self.publish_report(&id).await;
         let reason = (!armable).then(|| "the governor's pre-check refused a step".to_string());
@@ -2926,6 +2943,11 @@ impl Core {
         };
         s.state = state;
         if state.is_final() {
+            for p in &s.profiles {
+                if self.device_owner.get(&p.id).is_some_and(|o| o == id) {
+                    self.device_owner.remove(&p.id);
+                }
+            }
             // The final stops leave before the checkpoint's fsync.
             self.flush().await;
             let Some(s) = self.stations.get_mut(id) else {
