@@ -1194,6 +1194,17 @@ async fn throughput_phase(
             max as f64 / 1024.0,
             rss.len()
         );
+        if rss.len() > 8 {
+            // Where it grew: flat means a plateau, not just a small first-to-last difference.
+            let every = rss.len().div_ceil(8);
+            let path: Vec<String> = rss
+                .iter()
+                .step_by(every)
+                .chain(rss.last())
+                .map(|(t, kib)| format!("{:.0} s {:.0}", t - first.0, *kib as f64 / 1024.0))
+                .collect();
+            println!("  RSS over time   {} (MiB)", path.join(", "));
+        }
     }
     println!(
         "  target          >= {THROUGHPUT_MSG_S:.0} msg/s: {}; >= {THROUGHPUT_BROKER_RATIO} of the broker: {}",

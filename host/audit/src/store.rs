@@ -31,6 +31,13 @@ pub(crate) struct Store {
     pub sled_dir: PathBuf,
 }
 
+/// sled's page cache. sled's default is 1 GiB, and an audit log is written far more than it is
+/// read back, so the cache just fills with records nobody will read while the controller runs:
+/// a 60 s telemetry soak (`MODALIS_BENCH_SOAK_S=60 cargo bench -p modalis --bench e2e`) grew
+/// the process from 339 to 1420 MiB. The log's writes and the verifier's sequential reads
+/// need little of it.
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 impl Store {
     /// Opens the database in `dir`. With `create` false, a directory without one is an error
     /// rather than a new empty log (so `verify` of a mistyped path does not pass).
@@ -57,7 +64,11 @@ impl Store {
         // held for longer belongs to a live writer and is reported.
         let started = std::time::Instant::now();
         let db = loop {
-            match sled::Config::new().path(&sled_dir).open() {
+            match sled::Config::new()
+                .path(&sled_dir)
+                .cache_capacity(CACHE_BYTES)
+                .open()
+            {
                 Ok(db) => break db,
                 // sled reports its exclusive file lock only as an I/O error with this text.
                 Err(e) if e.to_string().contains("could not acquire lock") => {
