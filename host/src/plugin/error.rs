@@ -154,6 +154,22 @@ pub enum PluginError {
         /// What went wrong.
         message: String,
     },
+    /// Every instance slot of the runtime's pool is taken (each running block with a closed
+    /// loop holds one). The controller's capacity, not the plugin's fault: it does not count
+    /// towards quarantine.
+    #[error(
+        "{plugin}: `{call}` could not get a sandbox instance: {message}; every slot of the \
+         plugin runtime's pool is in use (each running block keeps one): end a session or \
+         raise RuntimeConfig::max_instances"
+    )]
+    PoolFull {
+        /// The plugin.
+        plugin: String,
+        /// The call.
+        call: &'static str,
+        /// wasmtime's words, naming the limit that was reached.
+        message: String,
+    },
     /// The engine could not be set up.
     #[error("plugin runtime: {0}")]
     Engine(String),

@@ -952,6 +952,16 @@ impl Plugin {
                 requested_bytes: requested,
             };
         }
+        if let Some(full) = e
+            .chain()
+            .find_map(|c| c.downcast_ref::<wasmtime::PoolConcurrencyLimitError>())
+        {
+            return PluginError::PoolFull {
+                plugin,
+                call: call_name,
+                message: full.to_string(),
+            };
+        }
         match e.downcast_ref::<wasmtime::Trap>() {
             Some(wasmtime::Trap::OutOfFuel) => PluginError::FuelExhausted {
                 plugin,

@@ -105,6 +105,7 @@ impl Mosquitto {
              password_file {}\n\
              acl_file {}\n\
              persistence false\n\
+             set_tcp_nodelay true\n\
              log_dest stderr\n\
              log_type error\n\
              log_type warning\n",

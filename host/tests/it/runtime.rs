@@ -425,3 +425,45 @@ fn with_fuel_to_spare_the_wall_clock_deadline_stops_an_endless_plan() {
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     p.describe().expect("a fresh instance serves the next call");
 }
+
+#[test]
+fn a_full_instance_pool_is_named_as_such_and_never_quarantines_the_plugin() {
+    // Room for one instance: a closed loop's warm instance takes it.
+    let mut cfg = RuntimeConfig::for_tests(shared_cache());
+    cfg.max_instances = 1;
+    let rt = PluginRuntime::new(cfg).expect("runtime");
+    let mut looping = load(&rt, artifacts::TENS);
+    let mut other = looping.fork();
+    let sample = looping.manifest().sample_params.clone();
+    let plan = looping
+        .plan(&sample, &Patient::default())
+        .expect("no trap")
+        .expect("plans");
+    let step = &plan.steps[0];
+    let telemetry = modalis_sdk::TelemetrySample {
+        channel: step.channel.clone(),
+        elapsed_ms: 1000,
+        measurement: modalis_sdk::Measurement::ImpedanceOhm(900.0),
+    };
+    looping.on_telemetry(step, &telemetry).expect("warm");
+    // More attempts than the quarantine threshold: a full pool is not the plugin's fault.
+    for _ in 0..5 {
+        let e = other
+            .plan(&sample, &Patient::default())
+            .expect_err("no slot left");
+        assert!(
+            matches!(e, PluginError::PoolFull { call: "plan", .. }),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains("RuntimeConfig::max_instances"),
+            "{e}"
+        );
+    }
+    // Released, the slot serves the other handle, which was never quarantined.
+    drop(looping);
+    other
+        .plan(&sample, &Patient::default())
+        .expect("no trap")
+        .expect("plans once a slot is free");
+}

@@ -93,7 +93,7 @@ fn mosquitto(pki: &Pki) -> TlsMosquitto {
     let (port, mutual_port) = (free_port(), free_port());
     let tls = |p: &Path| p.display().to_string();
     let conf = format!(
-        "per_listener_settings false\nallow_anonymous true\npersistence false\n\
+        "per_listener_settings false\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\n\
          log_dest stderr\nlog_type error\n\
          listener {port} 127.0.0.1\ncafile {ca}\ncertfile {crt}\nkeyfile {key}\n\
          listener {mutual_port} 127.0.0.1\ncafile {ca}\ncertfile {crt}\nkeyfile {key}\n\
