@@ -366,30 +366,38 @@ fn the_compile_cache_is_reused_and_never_trusts_foreign_bytes() {
     assert_eq!(mode & 0o077, 0, "key mode {mode:o}");
 }
 
-#[test]
-fn closed_loop_calls_reuse_a_warm_instance() {
-    let rt = runtime();
-    let mut p = load(&rt, artifacts::TENS);
+/// The TENS sample plan's first step and an in-range impedance reading on its channel.
+fn tens_first_step_and_reading(
+    p: &mut Plugin,
+) -> (modalis_sdk::PlanStep, modalis_sdk::TelemetrySample) {
     let sample = p.manifest().sample_params.clone();
     let plan = p
         .plan(&sample, &Patient::default())
         .expect("no trap")
         .expect("plans");
-    let step = &plan.steps[0];
+    let step = plan.steps[0].clone();
     let telemetry = modalis_sdk::TelemetrySample {
         channel: step.channel.clone(),
         elapsed_ms: 1000,
         measurement: modalis_sdk::Measurement::ImpedanceOhm(900.0),
     };
+    (step, telemetry)
+}
+
+#[test]
+fn closed_loop_calls_reuse_a_warm_instance() {
+    let rt = runtime();
+    let mut p = load(&rt, artifacts::TENS);
+    let (step, telemetry) = tens_first_step_and_reading(&mut p);
     // TENS has no closed loop: no adjustments, and the second call is served warm.
     assert!(
-        p.on_telemetry(step, &telemetry)
+        p.on_telemetry(&step, &telemetry)
             .expect("no trap")
             .is_empty()
     );
     let first = p.last_call().expect("stats");
     assert!(
-        p.on_telemetry(step, &telemetry)
+        p.on_telemetry(&step, &telemetry)
             .expect("no trap")
             .is_empty()
     );
@@ -435,17 +443,8 @@ fn a_full_instance_pool_is_named_as_such_and_never_quarantines_the_plugin() {
     let mut looping = load(&rt, artifacts::TENS);
     let mut other = looping.fork();
     let sample = looping.manifest().sample_params.clone();
-    let plan = looping
-        .plan(&sample, &Patient::default())
-        .expect("no trap")
-        .expect("plans");
-    let step = &plan.steps[0];
-    let telemetry = modalis_sdk::TelemetrySample {
-        channel: step.channel.clone(),
-        elapsed_ms: 1000,
-        measurement: modalis_sdk::Measurement::ImpedanceOhm(900.0),
-    };
-    looping.on_telemetry(step, &telemetry).expect("warm");
+    let (step, telemetry) = tens_first_step_and_reading(&mut looping);
+    looping.on_telemetry(&step, &telemetry).expect("warm");
     // More attempts than the quarantine threshold: a full pool is not the plugin's fault.
     for _ in 0..5 {
         let e = other
