@@ -335,6 +335,11 @@ impl SimDevice {
             self.answered.pop_front();
         }
         self.answered.push_back((cmd.command_id, ack.clone()));
+        // The state the ack reports is visible before the ack leaves: whoever reads the
+        // simulator's state on receiving it (a test, `modalis sim`'s display) must not see the
+        // channel as it was before the command. With TCP_NODELAY on the broker the ack could
+        // arrive before the loop's own publish after this handler.
+        self.publish_state(now);
         self.send_ack(ack).await;
     }
 
