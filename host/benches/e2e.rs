@@ -609,6 +609,8 @@ struct ReactionResult {
     telemetry_rate: f64,
     cpu_share: Option<f64>,
     broker_cpu_share: Option<f64>,
+    /// The controller's loop turns over 10 ms in the phase, and its longest turn.
+    loop_turns: modalis::controller::ControllerStats,
 }
 
 /// Measures `samples` reactions (and as many floor samples, interleaved round by round) with
@@ -730,6 +732,7 @@ async fn reaction_phase(
         Some(s) => s.finish(&rig.ctl, &quiet_len).await?,
         None => (Vec::new(), Vec::new()),
     };
+    let loop_turns = rig.ctl.stats().await?;
     rig.finish().await?;
     Ok(ReactionResult {
         reaction: Dist::new(reaction),
@@ -740,6 +743,7 @@ async fn reaction_phase(
         telemetry_rate,
         cpu_share,
         broker_cpu_share,
+        loop_turns,
     })
 }
 
@@ -780,6 +784,11 @@ fn print_reaction(label: &str, r: &ReactionResult) -> (f64, f64) {
             std::thread::available_parallelism().map_or(0, |n| n.get())
         );
     }
+    println!(
+        "    loop      {} controller loop turns over 10 ms, longest {:.1} ms (each delays every station's due steps)",
+        r.loop_turns.slow_turns,
+        r.loop_turns.longest_turn_us as f64 / 1e3
+    );
     println!(
         "    target    p99 <= {REACTION_P99_MS} ms: {}; p99 <= {REACTION_FLOOR_RATIO}x floor p99: {}",
         verdict(p99 <= REACTION_P99_MS),

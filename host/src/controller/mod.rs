@@ -341,6 +341,11 @@ pub struct ControllerStats {
     pub audit_failures: u64,
     /// Inbound messages the bus's bounded inbox dropped (a flood), as of this snapshot.
     pub dropped_inbound: u64,
+    /// Turns of the controller loop (one input handled, its commands audited and
+    /// published) that took longer than 10 ms: each delayed every station's due steps.
+    pub slow_turns: u64,
+    /// The longest turn of the controller loop so far, microseconds.
+    pub longest_turn_us: u64,
 }
 
 /// What a UI can follow.
@@ -397,6 +402,10 @@ enum Op {
     Abort,
 }
 
+/// A loop turn longer than this is counted as slow ([`ControllerStats::slow_turns`]): twice
+/// the step-start jitter target of the scale benchmark (BENCHMARKS.md).
+const SLOW_TURN: Duration = Duration::from_millis(10);
+
 enum Request {
     Prepare {
         protocol: Box<Protocol>,
@@ -423,6 +432,39 @@ enum Request {
     Stats {
         reply: oneshot::Sender<ControllerStats>,
     },
+}
+
+impl Request {
+    /// What the request is, for the slow-turn log.
+    fn kind(&self) -> &'static str {
+        match self {
+            Request::Prepare { .. } => "prepare",
+            Request::Session { op, .. } => match op {
+                Op::Arm => "arm",
+                Op::Start => "start",
+                Op::Pause => "pause",
+                Op::Resume => "resume",
+                Op::Abort => "abort",
+            },
+            Request::Estop { .. } => "e-stop request",
+            Request::Snapshot { .. } => "snapshot",
+            Request::Stats { .. } => "stats",
+        }
+    }
+}
+
+/// What a bus event is, for the slow-turn log.
+fn bus_event_kind(ev: &BusEvent) -> &'static str {
+    match ev {
+        BusEvent::Message { message, .. } => match message {
+            Inbound::Telemetry(_) => "telemetry",
+            Inbound::Ack(_) => "ack",
+            Inbound::Estop(_) => "e-stop",
+            _ => "bus message",
+        },
+        BusEvent::Rejected(_) => "rejected message",
+        _ => "connection event",
+    }
 }
 
 /// The running controller, to send operator requests to and follow.
@@ -1010,26 +1052,69 @@ impl Core {
         self.report_previous_run().await;
         loop {
             let wake = self.next_wake();
-            tokio::select! {
+            let began;
+            let what = tokio::select! {
                 biased;
                 () = cancel.cancelled() => break,
                 () = sleep_until(wake) => {
+                    began = Instant::now();
                     self.on_timer().await;
+                    "step timer"
                 }
-                ev = inbox.recv(), if inbox_open => match ev {
-                    Some(ev) => self.on_bus(ev).await,
-                    None => inbox_open = false,
+                ev = inbox.recv(), if inbox_open => {
+                    began = Instant::now();
+                    match ev {
+                        Some(ev) => {
+                            let what = bus_event_kind(&ev);
+                            self.on_bus(ev).await;
+                            what
+                        }
+                        None => {
+                            inbox_open = false;
+                            "bus closed"
+                        }
+                    }
                 },
-                req = requests.recv(), if requests_open => match req {
-                    Some(r) => self.on_request(r).await,
-                    None => requests_open = false,
+                req = requests.recv(), if requests_open => {
+                    began = Instant::now();
+                    match req {
+                        Some(r) => {
+                            let what = r.kind();
+                            self.on_request(r).await;
+                            what
+                        }
+                        None => {
+                            requests_open = false;
+                            "requests closed"
+                        }
+                    }
                 },
-            }
+            };
             self.flush().await;
+            self.note_turn(what, began.elapsed());
             self.on_audit_failure().await;
             self.check_inbound_drops().await;
         }
         self.shutdown().await
+    }
+
+    /// Every turn of the loop holds up every station: a step due during a 30 ms turn starts
+    /// 30 ms late. Turns longer than [`SLOW_TURN`] are counted (`ControllerStats`) and
+    /// logged with what they handled, so a jitter tail can be traced to its cause (it was
+    /// how a per-step audit wait in `prepare` was found).
+    fn note_turn(&mut self, what: &'static str, took: Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        if us > self.stats.longest_turn_us {
+            self.stats.longest_turn_us = us;
+        }
+        if took > SLOW_TURN {
+            self.stats.slow_turns += 1;
+            tracing::debug!(
+                what,
+                took_ms = took.as_secs_f64() * 1e3,
+                "slow controller loop turn"
+            );
+        }
     }
 
     /// A flood (a device gone mad, or an attack) fills the bus's bounded inbox, which drops
@@ -2548,7 +2633,15 @@ impl Core {
         self.station_numbers
             .insert(id.clone(), self.sessions_created);
         let profiles_json = serde_json::to_string(&st.profiles).unwrap_or_default();
-        self.audit.append(
+        st.state = machine::next(st.state, &SessionEvent::Planned)?;
+        let report: serde_json::Value =
+            serde_json::from_str(&st.precheck.report.to_json()).unwrap_or(serde_json::Value::Null);
+        // The protocol, every step's pre-check verdict and the dose report go on record in
+        // one group commit, all or none: one write-ahead wait instead of one per step. Per
+        // step, a 200-step protocol held the controller loop (and every other station's step
+        // starts) for tens of milliseconds (`MODALIS_BENCH_ONLY=scale`, BENCHMARKS.md).
+        let mut entries = Vec::with_capacity(st.precheck.steps.len() + 2);
+        entries.push(
             Entry::new(
                 Actor::Controller,
                 Event::ProtocolLoaded {
@@ -2564,10 +2657,7 @@ impl Core {
                 "profiles_sha256": sha256_hex(profiles_json.as_bytes()),
                 "speed": self.speed,
             })),
-        )?;
-        self.known_devices
-            .extend(st.profiles.iter().map(|p| p.id.clone()));
-        st.state = machine::next(st.state, &SessionEvent::Planned)?;
+        );
         for v in &st.precheck.steps {
             let verdict = match v.verdict {
                 modalis_governor::Verdict::Allow => modalis_audit::Verdict::Pass,
@@ -2576,7 +2666,7 @@ impl Core {
                 }
                 modalis_governor::Verdict::Refuse => modalis_audit::Verdict::Fail,
             };
-            self.audit.append(
+            entries.push(
                 Entry::new(
                     Actor::Controller,
                     Event::PreCheck {
@@ -2587,15 +2677,18 @@ impl Core {
                 .session(&id)
                 .device(&v.device_id)
                 .payload(serde_json::to_value(v).unwrap_or(serde_json::Value::Null)),
-            )?;
+            );
         }
-        let report: serde_json::Value =
-            serde_json::from_str(&st.precheck.report.to_json()).unwrap_or(serde_json::Value::Null);
-        self.audit.append(
+        entries.push(
             Entry::new(Actor::Controller, Event::DoseReport)
                 .session(&id)
                 .payload(report.clone()),
-        )?;
+        );
+        for written in self.audit.append_batch(entries) {
+            written?;
+        }
+        self.known_devices
+            .extend(st.profiles.iter().map(|p| p.id.clone()));
         let armable = st.precheck.can_arm();
         let prepared = Prepared {
             session: id.clone(),
