@@ -76,7 +76,7 @@ fn main() {
         "measurement", "median", "spread", "ratio"
     );
 
-    // `MODALIS_PROFILE=plan|native-plan|telemetry`: loop one measurement for a profiler
+    // `MODALIS_PROFILE=plan|native-plan|telemetry|cache`: loop one measurement for a profiler
     // (`perf record -g target/release/deps/plugin_runtime-* --bench`) instead of the report.
     if let Ok(what) = std::env::var("MODALIS_PROFILE") {
         profile_loop(&rt, &what);
@@ -251,6 +251,15 @@ fn profile_loop(rt: &PluginRuntime, what: &str) {
                 black_box(heat.on_telemetry(&step, &sample).expect("telemetry"));
             }
         }
-        other => eprintln!("MODALIS_PROFILE={other}: expected plan, native-plan or telemetry"),
+        "cache" => {
+            let tens = std::fs::read(artifacts::TENS).expect("tens wasm");
+            rt.compile("tens", &tens).expect("prime the cache");
+            for _ in 0..3_000 {
+                black_box(rt.compile("tens", &tens).expect("cached"));
+            }
+        }
+        other => {
+            eprintln!("MODALIS_PROFILE={other}: expected plan, native-plan, telemetry or cache")
+        }
     }
 }
