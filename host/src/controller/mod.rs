@@ -2638,8 +2638,8 @@ impl Core {
             serde_json::from_str(&st.precheck.report.to_json()).unwrap_or(serde_json::Value::Null);
         // The protocol, every step's pre-check verdict and the dose report go on record in
         // one group commit, all or none: one write-ahead wait instead of one per step. Per
-        // step, a 200-step protocol held the controller loop (and every other station's step
-        // starts) for tens of milliseconds (`MODALIS_BENCH_ONLY=scale`, BENCHMARKS.md).
+        // step, a 150-record station held the controller loop (and every other station's step
+        // starts) for 27-67 ms (`MODALIS_BENCH_ONLY=scale`, BENCHMARKS.md).
         let mut entries = Vec::with_capacity(st.precheck.steps.len() + 2);
         entries.push(
             Entry::new(
