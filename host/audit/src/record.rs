@@ -232,7 +232,8 @@ pub enum Event {
         /// Why (mandatory).
         reason: String,
     },
-    /// A command to a device, recorded before it is published.
+    /// A command to a device. An energy command is recorded before it is published; a stop
+    /// is published first and recorded in the same controller loop turn.
     Command {
         /// The command's id, as in the MQTT command and its ack.
         command_id: String,

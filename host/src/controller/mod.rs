@@ -11,10 +11,11 @@
 //!
 //! The loop is fed by a closed set of inputs: operator requests through the
 //! [`ControllerHandle`], bus events (telemetry, acks, e-stops, connection changes) and its
-//! own timer. Every command goes **governor → audit (write-ahead) → MQTT**: the supervisor
-//! admits it, the audit log has it on disk, and only then is it published. A stop is the
-//! one exception to the middle step: when the audit log fails, a stop is still sent
-//! (stopping is always safe), energy commands are not.
+//! own timer. Every energy command goes **governor → audit (write-ahead) → MQTT**: the
+//! supervisor admits it, the audit log has it on disk, and only then is it published. Stops
+//! are the exception to the middle step: a stop is published first and written in the same
+//! loop turn (stopping is always safe, and waiting for the disk was most of a reaction's
+//! latency), and when the audit log fails a stop is still sent, energy commands are not.
 //!
 //! Shutdown is the [`CancellationToken`] passed in: every session is stopped (stop commands
 //! to every energised source), the retained state goes `offline`, the audit log is closed,
@@ -405,6 +406,12 @@ enum Op {
 /// A loop turn longer than this is counted as slow ([`ControllerStats::slow_turns`]): twice
 /// the step-start jitter target of the scale benchmark (BENCHMARKS.md).
 const SLOW_TURN: Duration = Duration::from_millis(10);
+
+/// At most this many already-queued bus events join one loop turn ([`Core::drain_inbox`]),
+/// and only while the turn is younger than [`DRAIN_TIME`]: a reading costs tens of
+/// microseconds, so a full drain stays well inside the 5 ms step-start jitter target.
+const DRAIN_EVENTS: usize = 32;
+const DRAIN_TIME: Duration = Duration::from_millis(1);
 
 enum Request {
     Prepare {
@@ -1067,6 +1074,7 @@ impl Core {
                         Some(ev) => {
                             let what = bus_event_kind(&ev);
                             self.on_bus(ev).await;
+                            self.drain_inbox(&mut inbox, began).await;
                             what
                         }
                         None => {
@@ -1096,6 +1104,24 @@ impl Core {
             self.check_inbound_drops().await;
         }
         self.shutdown().await
+    }
+
+    /// Handles bus events that are already waiting in the same turn, so the commands they
+    /// cause (closed-loop adjustments, mostly) share one audit wait: under load each wait was
+    /// a disk write of 0.3-1.3 ms per adjustment, and the loop spent most of its time in them
+    /// while the next reading, perhaps an over-limit one, queued behind. Bounded in count and
+    /// time so a due step is not held up, and ended at once by a queued stop, which must not
+    /// wait for the next reading.
+    async fn drain_inbox(&mut self, inbox: &mut Inbox, began: Instant) {
+        for _ in 0..DRAIN_EVENTS {
+            if began.elapsed() >= DRAIN_TIME || self.outbox.iter().any(|o| !o.energy) {
+                return;
+            }
+            let Some(ev) = inbox.try_recv() else {
+                return;
+            };
+            self.on_bus(ev).await;
+        }
     }
 
     /// Every turn of the loop holds up every station: a step due during a 30 ms turn starts
@@ -1511,8 +1537,8 @@ impl Core {
         );
     }
 
-    /// Queues a command. [`Core::flush`] audits everything queued as one batch
-    /// (write-ahead: one group commit for a burst of commands due together) and then
+    /// Queues a command. [`Core::flush`] audits everything queued as one batch (one group
+    /// commit for a burst of commands due together; write-ahead for energy commands) and
     /// publishes it. Every handler flushes before it returns, and before any slow work (an
     /// alarm, a checkpoint), so a queued stop is never held up.
     fn send(
@@ -1557,19 +1583,44 @@ impl Core {
         });
     }
 
-    /// Audits every queued command in one batch, then publishes them in order. An energy
-    /// command the audit log did not take is not sent; a stop always is.
+    /// Audits every queued command in one batch and publishes them in order. An energy
+    /// command is published only once the audit log has it on disk, and is not sent at all if
+    /// the log did not take it. Stops at the head of the queue (a reaction's stop, every stop
+    /// of an e-stop) are published *before* the batch is written, then written in the same
+    /// turn: a stop takes energy away, so holding it back for the disk protects nobody, and
+    /// the disk write was most of a reaction's latency (BENCHMARKS.md). A stop goes early
+    /// unless an energy command for the same channel is queued before it (that one must stay
+    /// first, so it waits with it). The window this opens: a crash between the publish and
+    /// the write loses the stop's record (never an energy command's); the device's telemetry
+    /// and its ack still say it stopped.
     async fn flush(&mut self) {
         if self.outbox.is_empty() {
             return;
         }
         let out = std::mem::take(&mut self.outbox);
-        let (entries, rest): (Vec<Entry>, Vec<_>) = out
+        let mut energy_first: Vec<(&str, &str)> = Vec::new();
+        let early: Vec<bool> = out
+            .iter()
+            .map(|o| {
+                let ch = (o.cmd.device.as_str(), o.cmd.channel.as_str());
+                if o.energy {
+                    energy_first.push(ch);
+                    false
+                } else {
+                    !energy_first.contains(&ch)
+                }
+            })
+            .collect();
+        drop(energy_first);
+        let (entries, mut rest): (Vec<Entry>, Vec<_>) = out
             .into_iter()
             .map(|o| (o.entry, (o.cmd, o.energy, o.due)))
             .unzip();
+        for ((cmd, energy, due), _) in rest.iter_mut().zip(&early).filter(|(_, e)| **e) {
+            self.publish_command(cmd, *energy, due.take()).await;
+        }
         let audited = self.audit.append_batch(entries);
-        for (result, (cmd, energy, due)) in audited.into_iter().zip(rest) {
+        for ((result, (cmd, energy, due)), early) in audited.into_iter().zip(rest).zip(early) {
             if let Err(e) = result {
                 self.stats.audit_failures += 1;
                 tracing::error!(error = %e, command = %cmd.command_id, "audit append failed");
@@ -1581,63 +1632,69 @@ impl Core {
                 // Written this time, but the log failed before: stay stopped.
                 continue;
             }
-            let topic = match self.topics.device_command(&cmd.device) {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::error!(error = %e, "no command topic");
-                    continue;
-                }
-            };
-            if let Some(s) = cmd
-                .session
-                .as_ref()
-                .and_then(|id| self.stations.get_mut(id))
-            {
-                s.counters.commands += 1;
+            if !early {
+                self.publish_command(&cmd, energy, due).await;
             }
-            match self
-                .bus
-                .publish_as(TopicKind::DeviceCommand, &topic, &cmd)
-                .await
-            {
-                Ok(()) => {
-                    let now = Instant::now();
-                    if let Some(d) = due {
-                        // Lateness as a device sees it: when the command left, audited.
-                        let late_us =
-                            u64::try_from(now.saturating_duration_since(d.at).as_micros())
-                                .unwrap_or(u64::MAX);
-                        if let Some(s) = self.stations.get_mut(&d.session) {
-                            s.counters.jitter_us.push(late_us);
-                        }
-                        let _ = self.events.send(ControllerEvent::Step {
-                            session: d.session,
-                            step: d.step,
-                            label: d.label,
-                            admitted: true,
-                            jitter_us: late_us,
-                        });
+        }
+    }
+
+    /// Publishes one command and tracks it for its ack (and, for a step, its lateness).
+    async fn publish_command(&mut self, cmd: &DeviceCommand, energy: bool, due: Option<Due>) {
+        let topic = match self.topics.device_command(&cmd.device) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "no command topic");
+                return;
+            }
+        };
+        if let Some(s) = cmd
+            .session
+            .as_ref()
+            .and_then(|id| self.stations.get_mut(id))
+        {
+            s.counters.commands += 1;
+        }
+        match self
+            .bus
+            .publish_as(TopicKind::DeviceCommand, &topic, cmd)
+            .await
+        {
+            Ok(()) => {
+                let now = Instant::now();
+                if let Some(d) = due {
+                    // Lateness as a device sees it: when the command left, audited.
+                    let late_us = u64::try_from(now.saturating_duration_since(d.at).as_micros())
+                        .unwrap_or(u64::MAX);
+                    if let Some(s) = self.stations.get_mut(&d.session) {
+                        s.counters.jitter_us.push(late_us);
                     }
-                    self.pending.insert(
-                        cmd.command_id.clone(),
-                        Pending {
-                            session: cmd.session.clone(),
-                            device: cmd.device.clone(),
-                            channel: cmd.channel.clone(),
-                            energy,
-                            sent: now,
-                        },
-                    );
-                    // Acks that never come (a dead device) must not grow the table forever.
-                    if self.pending.len() > 4096 {
-                        let cutoff = now - Duration::from_secs(60);
-                        self.pending.retain(|_, p| p.sent > cutoff);
-                    }
+                    let _ = self.events.send(ControllerEvent::Step {
+                        session: d.session,
+                        step: d.step,
+                        label: d.label,
+                        admitted: true,
+                        jitter_us: late_us,
+                    });
                 }
-                Err(e) => {
-                    self.stats.publish_failures += 1;
-                    tracing::warn!(error = %e, "command not published; the device's lease is the backstop");
+                self.pending.insert(
+                    cmd.command_id.clone(),
+                    Pending {
+                        session: cmd.session.clone(),
+                        device: cmd.device.clone(),
+                        channel: cmd.channel.clone(),
+                        energy,
+                        sent: now,
+                    },
+                );
+                // Acks that never come (a dead device) must not grow the table forever.
+                if self.pending.len() > 4096 {
+                    let cutoff = now - Duration::from_secs(60);
+                    self.pending.retain(|_, p| p.sent > cutoff);
                 }
+            }
+            Err(e) => {
+                self.stats.publish_failures += 1;
+                tracing::warn!(error = %e, "command not published; the device's lease is the backstop");
             }
         }
     }

@@ -480,10 +480,19 @@ async fn demo_protocol(broker: TestBroker) {
         .expect("snapshot");
     assert_eq!(snap.state, SessionState::Completed, "{snap:?}");
     assert_eq!(snap.emitted, snap.steps);
-    assert_eq!(snap.counters.refused, 0, "{snap:?}");
+    let alarms: Vec<String> = rig
+        .watcher
+        .all()
+        .iter()
+        .filter_map(|s| match &s.message {
+            Inbound::Alarm(a) => Some(format!("{:?} {} {}", a.priority, a.rule, a.reason)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(snap.counters.refused, 0, "{snap:?}; alarms: {alarms:#?}");
     assert_eq!(
         snap.counters.alarms, 0,
-        "a clean simulated run raises no alarm: {snap:?}"
+        "a clean simulated run raises no alarm: {snap:?}; alarms: {alarms:#?}"
     );
     assert!(snap.energised.is_empty());
 
@@ -622,6 +631,10 @@ async fn over_temperature_stops_that_source_within_one_telemetry_period() {
             s.at >= hot.at && is_stop_for(s, "mire-pads", &channel)
         })
         .await;
+    let Inbound::Command(stop_cmd) = &stop.message else {
+        unreachable!()
+    };
+    let stop_id = stop_cmd.command_id.clone();
     let period = SimOptions::default().telemetry_period;
     let took = stop.at.duration_since(hot.at);
     println!("over-temperature: stop {took:?} after the reading (telemetry period {period:?})");
@@ -655,7 +668,22 @@ async fn over_temperature_stops_that_source_within_one_telemetry_period() {
         .await
         .unwrap_or_else(|e| panic!("abort: {e}; alarms: {alarms:#?}"));
     let (dir, _keep) = rig.finish().await;
-    assert!(audit_events(&dir).iter().any(|r| matches!(&r.event, Event::GovernorDecision { rule, .. } if rule == "run.skin_temp_cutoff")));
+    let recs = audit_events(&dir);
+    assert!(recs.iter().any(|r| matches!(&r.event, Event::GovernorDecision { rule, .. } if rule == "run.skin_temp_cutoff")));
+    // The stop went out before its record was on disk (a stop is never held back for the
+    // disk), but it was recorded all the same, in the same loop turn: before its ack.
+    let recorded = recs
+        .iter()
+        .position(|r| matches!(&r.event, Event::Command { command_id } if *command_id == stop_id))
+        .unwrap_or_else(|| panic!("the stop {stop_id} the pads received is not in the audit log"));
+    if let Some(acked) = recs.iter().position(
+        |r| matches!(&r.event, Event::CommandAck { command_id, .. } if *command_id == stop_id),
+    ) {
+        assert!(
+            recorded < acked,
+            "the stop's ack was recorded before the stop"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
