@@ -1560,9 +1560,8 @@ impl Core {
 
     /// Audits every queued command in one batch and publishes them in order. An energy
     /// command is published only once the audit log has it on disk, and is not sent at all if
-    /// the log did not take it. Stops at the head of the queue (a reaction's stop, every stop
-    /// of an e-stop) are published *before* the batch is written, then written in the same
-    /// turn: a stop takes energy away, so holding it back for the disk protects nobody, and
+    /// the log did not take it. Stops (a reaction's stop, every stop of an e-stop) are
+    /// published *before* the batch is written, then written in the same turn: a stop takes energy away, so holding it back for the disk protects nobody, and
     /// the disk write was most of a reaction's latency (BENCHMARKS.md). A stop goes early
     /// unless an energy command for the same channel is queued before it (that one must stay
     /// first, so it waits with it). The window this opens: a crash between the publish and
@@ -1637,7 +1636,8 @@ impl Core {
             Ok(()) => {
                 let now = Instant::now();
                 if let Some(d) = due {
-                    // Lateness as a device sees it: when the command left, audited.
+                    // Lateness as a device sees it: when the command left (an energy
+                    // command after its record was on disk).
                     let late_us = u64::try_from(now.saturating_duration_since(d.at).as_micros())
                         .unwrap_or(u64::MAX);
                     if let Some(s) = self.stations.get_mut(&d.session) {

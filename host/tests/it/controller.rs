@@ -176,6 +176,17 @@ impl Watcher {
         self.seen.lock().expect("lock").clone()
     }
 
+    /// Every alarm seen so far, one line each, for a failure message that names them.
+    fn alarm_lines(&self) -> Vec<String> {
+        self.all()
+            .iter()
+            .filter_map(|s| match &s.message {
+                Inbound::Alarm(a) => Some(format!("{:?} {} {}", a.priority, a.rule, a.reason)),
+                _ => None,
+            })
+            .collect()
+    }
+
     async fn wait_for(&self, what: &str, pick: impl Fn(&Seen) -> bool) -> Seen {
         let deadline = Instant::now() + WAIT;
         loop {
@@ -480,15 +491,7 @@ async fn demo_protocol(broker: TestBroker) {
         .expect("snapshot");
     assert_eq!(snap.state, SessionState::Completed, "{snap:?}");
     assert_eq!(snap.emitted, snap.steps);
-    let alarms: Vec<String> = rig
-        .watcher
-        .all()
-        .iter()
-        .filter_map(|s| match &s.message {
-            Inbound::Alarm(a) => Some(format!("{:?} {} {}", a.priority, a.rule, a.reason)),
-            _ => None,
-        })
-        .collect();
+    let alarms = rig.watcher.alarm_lines();
     assert_eq!(snap.counters.refused, 0, "{snap:?}; alarms: {alarms:#?}");
     assert_eq!(
         snap.counters.alarms, 0,
@@ -653,15 +656,7 @@ async fn over_temperature_stops_that_source_within_one_telemetry_period() {
     .await
     .expect("the pad stops")
     .expect("sim running");
-    let alarms: Vec<String> = rig
-        .watcher
-        .all()
-        .iter()
-        .filter_map(|s| match &s.message {
-            Inbound::Alarm(a) => Some(format!("{:?} {} {}", a.priority, a.rule, a.reason)),
-            _ => None,
-        })
-        .collect();
+    let alarms = rig.watcher.alarm_lines();
     // The trip is latched on that channel; the session goes on (and is aborted here).
     rig.ctl()
         .abort(&p.session, "test over")
