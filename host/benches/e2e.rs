@@ -41,13 +41,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
 use rumqttc::v5::AsyncClient;
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use common::{Dist, Mosquitto, Raw, cpu_time, ms, rss_kib, us};
 use modalis::bus::payload::{CommandAction, DeviceCommand, DeviceTelemetry, EstopInput};
 use modalis::bus::topics::{TopicKind, Topics};
 use modalis::bus::{BusConfig, Qos, payload::wall_clock_ms};
-use modalis::controller::{Controller, ControllerConfig, ControllerHandle};
+use modalis::controller::{Controller, ControllerConfig, ControllerEvent, ControllerHandle};
 use modalis::plugin::RuntimeConfig;
 use modalis::protocol::Protocol;
 use modalis::sim::{SimHandle, SimOptions, Simulator};
@@ -398,24 +399,43 @@ impl SimStations {
         })
     }
 
-    /// Ends the sessions; returns the step start jitter (us) of the first `quiet[i]` steps
-    /// of each session, and of every step emitted.
-    async fn finish(
-        self,
-        ctl: &ControllerHandle,
-        quiet: &[usize],
-    ) -> anyhow::Result<(Vec<u64>, Vec<u64>)> {
-        let (mut head, mut all) = (Vec::new(), Vec::new());
-        for (i, id) in self.sessions.iter().enumerate() {
+    /// Ends the sessions; returns the step start jitter (us) of every step they emitted.
+    async fn finish(self, ctl: &ControllerHandle) -> anyhow::Result<Vec<u64>> {
+        let mut all = Vec::new();
+        for id in &self.sessions {
             let snap = ctl.snapshot(id).await?;
-            let j = &snap.counters.jitter_us;
-            head.extend(j.iter().take(quiet.get(i).copied().unwrap_or(0)).copied());
-            all.extend(j.iter().copied());
+            all.extend(snap.counters.jitter_us.iter().copied());
             end_session(ctl, id).await?;
         }
         self.cancel.cancel();
         self.sim.join().await;
-        Ok((head, all))
+        Ok(all)
+    }
+}
+
+/// The start jitter (us) of every step the controller emits during the next `window`, as its
+/// event stream reports them.
+async fn quiet_window(ctl: &ControllerHandle, window: Duration) -> anyhow::Result<Vec<u64>> {
+    let mut events = ctl.subscribe();
+    let end = tokio::time::Instant::now() + window;
+    let mut jitter = Vec::new();
+    loop {
+        match tokio::time::timeout_at(end, events.recv()).await {
+            Err(_) => return Ok(jitter),
+            Ok(Ok(ControllerEvent::Step {
+                admitted: true,
+                jitter_us,
+                ..
+            })) => jitter.push(jitter_us),
+            Ok(Ok(_)) => {}
+            // A sample with holes would look better than the run was.
+            Ok(Err(broadcast::error::RecvError::Lagged(n))) => {
+                anyhow::bail!("the quiet window missed {n} controller events (reader too slow)")
+            }
+            Ok(Err(broadcast::error::RecvError::Closed)) => {
+                anyhow::bail!("the controller's event stream closed during the quiet window")
+            }
+        }
     }
 }
 
@@ -650,15 +670,15 @@ async fn reaction_phase(
     } else {
         0.0
     };
-    // The quiet window: the stations run on their own for a while; the steps emitted by its
-    // end are the quiet sample (each session's jitter list grows in emission order).
-    let mut quiet_len = Vec::new();
-    if let Some(s) = &sims {
-        tokio::time::sleep(JITTER_WINDOW).await;
-        for id in &s.sessions {
-            quiet_len.push(rig.ctl.snapshot(id).await?.counters.jitter_us.len());
-        }
-    }
+    // The quiet window: the stations run on their own for a while; the steps the controller
+    // reports emitted within it (its event stream, read as they come) are the quiet sample.
+    // Not by asking each session afterwards how many steps it has: those requests queue
+    // behind the bus events of a saturated loop, and every step emitted while they waited
+    // was counted in the window too (at 32 stations that more than doubled the sample).
+    let jitter_quiet = match &sims {
+        Some(_) => quiet_window(&rig.ctl, JITTER_WINDOW).await?,
+        None => Vec::new(),
+    };
 
     let mut probes = Vec::new();
     let mut station_files = Vec::new();
@@ -728,9 +748,9 @@ async fn reaction_phase(
     for p in probes {
         p.raw.close().await;
     }
-    let (jitter_quiet, jitter) = match sims {
-        Some(s) => s.finish(&rig.ctl, &quiet_len).await?,
-        None => (Vec::new(), Vec::new()),
+    let jitter = match sims {
+        Some(s) => s.finish(&rig.ctl).await?,
+        None => Vec::new(),
     };
     let loop_turns = rig.ctl.stats().await?;
     rig.finish().await?;
@@ -934,7 +954,7 @@ async fn estop_phase(
     panel.close().await;
     // The sessions are all e-stopped: `finish` only collects jitter and stops the simulator.
     let channels = sims.channels;
-    let _ = sims.finish(&rig.ctl, &[]).await;
+    let _ = sims.finish(&rig.ctl).await;
     let records = rig.finish().await?;
     let last = Dist::new(last);
     let first = Dist::new(first);
