@@ -503,13 +503,12 @@ fn is_stop_for(s: &Seen, device: &str, channel: &str) -> bool {
 /// on a real disk is the crash tests' subject, not this one's.
 fn memory_tempdir() -> tempfile::TempDir {
     let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        if let Ok(d) = tempfile::Builder::new()
+    if shm.is_dir()
+        && let Ok(d) = tempfile::Builder::new()
             .prefix("modalis-it-")
             .tempdir_in(shm)
-        {
-            return d;
-        }
+    {
+        return d;
     }
     tempfile::tempdir().expect("tempdir")
 }
