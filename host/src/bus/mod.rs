@@ -796,6 +796,16 @@ impl Inbox {
         Some(self.decode(raw))
     }
 
+    /// The next event if one is already queued, without waiting; same order as
+    /// [`Inbox::recv`].
+    pub fn try_recv(&mut self) -> Option<BusEvent> {
+        if let Ok(ev) = self.events.try_recv() {
+            return Some(ev);
+        }
+        let raw = self.messages.try_recv().ok()?;
+        Some(self.decode(raw))
+    }
+
     fn decode(&self, raw: RawMessage) -> BusEvent {
         match payload::decode(&self.topics, &raw.topic, &raw.payload) {
             Ok(message) => BusEvent::Message {
