@@ -30,7 +30,8 @@
 //! The inbound queue to the consumer is bounded; when it is full new messages are dropped and
 //! counted ([`BusStats::dropped_inbound`]) so a slow consumer can never stall the poller (and
 //! with it keep-alives and outgoing commands). Connection events travel on a separate queue
-//! and are delivered first.
+//! and are delivered first; e-stops (the `estop` topic) on another, delivered next, so that a
+//! flood of telemetry that fills the inbound queue neither drops nor delays one.
 
 pub mod asyncapi;
 pub mod payload;
@@ -777,6 +778,8 @@ impl BusHandle {
 #[derive(Debug)]
 pub struct Inbox {
     events: mpsc::Receiver<BusEvent>,
+    /// Messages on the `estop` topic, ahead of [`Inbox::messages`].
+    estops: mpsc::Receiver<RawMessage>,
     messages: mpsc::Receiver<RawMessage>,
     shared: Arc<Shared>,
     topics: Topics,
@@ -784,12 +787,14 @@ pub struct Inbox {
 
 impl Inbox {
     /// The next event; `None` once the bus task has ended and everything was read.
-    /// Connection events come before messages that arrived after them. Invalid messages
-    /// come back as [`BusEvent::Rejected`] (and are counted), never as messages.
+    /// Connection events come before messages that arrived after them, and e-stops before
+    /// any other message. Invalid messages come back as [`BusEvent::Rejected`] (and are
+    /// counted), never as messages.
     pub async fn recv(&mut self) -> Option<BusEvent> {
         let raw = tokio::select! {
             biased;
             Some(ev) = self.events.recv() => return Some(ev),
+            Some(raw) = self.estops.recv() => raw,
             Some(raw) = self.messages.recv() => raw,
             else => return None,
         };
@@ -802,7 +807,10 @@ impl Inbox {
         if let Ok(ev) = self.events.try_recv() {
             return Some(ev);
         }
-        let raw = self.messages.try_recv().ok()?;
+        let raw = match self.estops.try_recv() {
+            Ok(raw) => raw,
+            Err(_) => self.messages.try_recv().ok()?,
+        };
         Some(self.decode(raw))
     }
 
@@ -916,6 +924,8 @@ impl Bus {
         // only matters for a consumer that never reads.
         let (event_tx, event_rx) = mpsc::channel(256);
         let (msg_tx, msg_rx) = mpsc::channel(config.inbound_capacity);
+        // E-stops are rare and each one matters; 64 queued is far more than panels press.
+        let (estop_tx, estop_rx) = mpsc::channel(ESTOP_CAPACITY);
 
         let poller = Poller {
             eventloop,
@@ -923,6 +933,8 @@ impl Bus {
             shared: shared.clone(),
             event_tx,
             msg_tx,
+            estop_tx,
+            estop_topic: config.topics.estop(),
             backoff: config.backoff,
             grace: config.shutdown_grace,
         };
@@ -936,6 +948,7 @@ impl Bus {
             },
             inbox: Inbox {
                 events: event_rx,
+                estops: estop_rx,
                 messages: msg_rx,
                 shared,
                 topics: config.topics,
@@ -961,9 +974,15 @@ struct Poller {
     shared: Arc<Shared>,
     event_tx: mpsc::Sender<BusEvent>,
     msg_tx: mpsc::Sender<RawMessage>,
+    estop_tx: mpsc::Sender<RawMessage>,
+    /// The `estop` topic of this bus's root, whose messages go to `estop_tx`.
+    estop_topic: String,
     backoff: Backoff,
     grace: Duration,
 }
+
+/// Queued e-stops before one waits with the other messages.
+const ESTOP_CAPACITY: usize = 64;
 
 impl Poller {
     async fn run(self, cancel: CancellationToken) {
@@ -1083,6 +1102,18 @@ impl Poller {
             topic: String::from_utf8_lossy(&p.topic).into_owned(),
             payload: p.payload.to_vec(),
             retained: p.retain,
+        };
+        // An e-stop takes its own queue; only if that is full too (a panel gone mad) does it
+        // queue with everything else.
+        let raw = if raw.topic == self.estop_topic {
+            match self.estop_tx.try_send(raw) {
+                Ok(()) => return,
+                Err(
+                    mpsc::error::TrySendError::Full(raw) | mpsc::error::TrySendError::Closed(raw),
+                ) => raw,
+            }
+        } else {
+            raw
         };
         match self.msg_tx.try_send(raw) {
             Ok(()) => {}

@@ -1068,6 +1068,24 @@ impl Core {
                     self.on_timer().await;
                     "step timer"
                 }
+                // Requests before bus events: they are the operator's (e-stop, abort, pause
+                // from the console), few and bounded, while the bus can stay busy as long as
+                // a device floods it; in the other order a flood held a console e-stop until
+                // it ended (a_console_estop_is_served_during_a_flood_...).
+                req = requests.recv(), if requests_open => {
+                    began = Instant::now();
+                    match req {
+                        Some(r) => {
+                            let what = r.kind();
+                            self.on_request(r).await;
+                            what
+                        }
+                        None => {
+                            requests_open = false;
+                            "requests closed"
+                        }
+                    }
+                },
                 ev = inbox.recv(), if inbox_open => {
                     began = Instant::now();
                     match ev {
@@ -1080,20 +1098,6 @@ impl Core {
                         None => {
                             inbox_open = false;
                             "bus closed"
-                        }
-                    }
-                },
-                req = requests.recv(), if requests_open => {
-                    began = Instant::now();
-                    match req {
-                        Some(r) => {
-                            let what = r.kind();
-                            self.on_request(r).await;
-                            what
-                        }
-                        None => {
-                            requests_open = false;
-                            "requests closed"
                         }
                     }
                 },

@@ -1458,6 +1458,126 @@ async fn flood(broker: TestBroker, inbox: Option<usize>) {
     rig.finish().await;
 }
 
+/// An e-stop while devices flood the controller faster than it can read, so that its inbox is
+/// never empty and overflows: the e-stop must be served at once, not when the flood ends, and
+/// never dropped with the overflow. `by_mqtt`: pressed on a panel (the `estop` topic), else on
+/// the operator's console (the controller's handle, as `modalis run`'s Ctrl-C).
+async fn estop_in_a_flood(by_mqtt: bool) {
+    let name = format!(
+        "e2e-flood-estop-{}",
+        if by_mqtt { "mqtt" } else { "console" }
+    );
+    let rig = Rig::start(
+        TestBroker::mosquitto(),
+        &name,
+        Some(protocol_text(&format!("{HEAT}{TENS}"))),
+        60,
+        BTreeMap::new(),
+    )
+    .await;
+    let p = rig.run().await;
+    rig.energised("mire-pads").await;
+    rig.energised("tens-2ch").await;
+    let cancel = CancellationToken::new();
+    let panel = rig.rogue("panel-1", &cancel, |_| {}).await;
+    let tele = rig.topics.device_telemetry("tens-2ch").expect("topic");
+    // Four clients publishing as fast as they can for at most FLOOD (and at most 200 000
+    // messages each): several times what the controller can decode, govern and audit.
+    const FLOOD: Duration = Duration::from_secs(6);
+    let started = Instant::now();
+    let mut floods = Vec::new();
+    for i in 0..4u64 {
+        let bus = rig
+            .rogue(&format!("flooder-{i}"), &cancel, |c| {
+                c.request_capacity = 4096;
+            })
+            .await;
+        let tele = tele.clone();
+        floods.push(tokio::spawn(async move {
+            let mut sent = 0u64;
+            while started.elapsed() < FLOOD && sent < 200_000 {
+                sent += 1;
+                let payload = format!(
+                    r#"{{"seq":{},"ts_ms":{},"device":"tens-2ch","channel":"ch1","measurement":{{"kind":"impedance_ohm","value":500}},"delivering":true,"lease_id":null}}"#,
+                    1_000_000 * (i + 1) + sent,
+                    modalis::bus::payload::wall_clock_ms()
+                );
+                if bus
+                    .handle
+                    .publish_message(raw(&tele, payload, Qos::AtMostOnce))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            (sent, bus)
+        }));
+    }
+    // Let the flood fill the inbox, then press the e-stop.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pressed = Instant::now();
+    if by_mqtt {
+        let input = EstopInput {
+            seq: 1,
+            ts_ms: wall_clock_ms(),
+            panel: "panel-1".into(),
+            reason: "pressed during a flood".into(),
+        };
+        panel
+            .handle
+            .publish(&rig.topics.estop(), &input, Qos::AtLeastOnce, false)
+            .await
+            .expect("e-stop published");
+    } else {
+        tokio::time::timeout(Duration::from_secs(2), rig.ctl().estop("console", "test"))
+            .await
+            .expect("the e-stop request was not served within 2 s of a flood")
+            .expect("e-stop");
+    }
+    let off = rig.all_off(pressed, Duration::from_secs(2)).await;
+    let flood_left = FLOOD.saturating_sub(started.elapsed());
+    let mut sent = 0;
+    let mut buses = Vec::new();
+    for f in floods {
+        let (n, bus) = f.await.expect("flooder");
+        sent += n;
+        buses.push(bus);
+    }
+    let st = rig.ctl().stats().await.expect("stats");
+    println!(
+        "{name}: every device off {off:?} after the press, {flood_left:?} of the flood still to go; {sent} messages sent; {st:?}"
+    );
+    // The flood outran the controller (else this test shows nothing).
+    assert!(
+        st.dropped_inbound > 0,
+        "the flood never filled the inbox: {st:?}"
+    );
+    assert!(
+        !flood_left.is_zero(),
+        "the devices stopped only after the flood ended ({off:?})"
+    );
+    let snap = rig
+        .ctl()
+        .wait_ended(&p.session, WAIT)
+        .await
+        .expect("snapshot");
+    assert_eq!(snap.state, SessionState::EStopped, "{snap:?}");
+    cancel.cancel();
+    drop((buses, panel));
+    rig.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_estop_is_served_during_a_flood_the_controller_cannot_keep_up_with() {
+    estop_in_a_flood(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panel_estop_is_neither_dropped_nor_delayed_by_a_flood_that_overflows_the_inbox() {
+    estop_in_a_flood(true).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_telemetry_flood_from_one_device_leaves_the_others_supervised_on_rumqttd() {
     flood(TestBroker::embedded().await, None).await;
