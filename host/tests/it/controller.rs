@@ -202,10 +202,30 @@ impl Watcher {
     }
 }
 
+/// A rig's place beside the other tests (`crate::HEAVY`).
+#[allow(dead_code)] // held for its drop
+enum Turn {
+    /// Beside the other controller tests; no browser test meanwhile.
+    Shared(tokio::sync::RwLockReadGuard<'static, ()>),
+    /// Alone: for a test that loads both cores on purpose (a saturating flood), which would
+    /// make the others miss their bounds.
+    Alone(tokio::sync::RwLockWriteGuard<'static, ()>),
+}
+
+impl Turn {
+    async fn shared() -> Turn {
+        Turn::Shared(crate::HEAVY.read().await)
+    }
+
+    async fn alone() -> Turn {
+        Turn::Alone(crate::HEAVY.write().await)
+    }
+}
+
 /// Broker, simulator, controller and watcher for one test.
 struct Rig {
-    /// Keeps the browser tests out while this rig runs (see `crate::HEAVY`).
-    _not_heavy: tokio::sync::RwLockReadGuard<'static, ()>,
+    /// Keeps the browser tests out while this rig runs, or everything else (see `crate::HEAVY`).
+    _turn: Turn,
     broker: TestBroker,
     dir: tempfile::TempDir,
     topics: Topics,
@@ -242,12 +262,24 @@ impl Rig {
         tweak: impl FnOnce(&mut ControllerConfig),
     ) -> Rig {
         let dir = tempfile::tempdir().expect("tempdir");
-        Rig::start_in(dir, broker, name, text, speed, faults, tweak).await
+        Rig::start_in(
+            dir,
+            Turn::shared().await,
+            broker,
+            name,
+            text,
+            speed,
+            faults,
+            tweak,
+        )
+        .await
     }
 
     /// [`Rig::start_with`] with the rig's files (protocol, plugin cache, audit log) in `dir`.
+    #[allow(clippy::too_many_arguments)]
     async fn start_in(
         dir: tempfile::TempDir,
+        turn: Turn,
         broker: TestBroker,
         name: &str,
         text: Option<String>,
@@ -255,7 +287,6 @@ impl Rig {
         faults: BTreeMap<String, Faults>,
         tweak: impl FnOnce(&mut ControllerConfig),
     ) -> Rig {
-        let not_heavy = crate::HEAVY.read().await;
         let (file, text) = match text {
             Some(text) => {
                 let file = dir.path().join("protocol.toml");
@@ -300,7 +331,7 @@ impl Rig {
         )
         .await;
         Rig {
-            _not_heavy: not_heavy,
+            _turn: turn,
             broker,
             dir,
             topics,
@@ -519,6 +550,7 @@ async fn demo_protocol(broker: TestBroker) {
     // made steps late; at 100x on tmpfs it passed with that build and a 3 GB `dd` beside it.
     let rig = Rig::start_in(
         memory_tempdir(),
+        Turn::shared().await,
         broker,
         "e2e-demo",
         None,
@@ -1467,12 +1499,15 @@ async fn estop_in_a_flood(by_mqtt: bool) {
         "e2e-flood-estop-{}",
         if by_mqtt { "mqtt" } else { "console" }
     );
-    let rig = Rig::start(
+    let rig = Rig::start_in(
+        tempfile::tempdir().expect("tempdir"),
+        Turn::alone().await,
         TestBroker::mosquitto(),
         &name,
         Some(protocol_text(&format!("{HEAT}{TENS}"))),
         60,
         BTreeMap::new(),
+        |_| {},
     )
     .await;
     let p = rig.run().await;
