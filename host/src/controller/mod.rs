@@ -1590,8 +1590,9 @@ impl Core {
     /// Audits every queued command in one batch and publishes them in order. An energy
     /// command is published only once the audit log has it on disk, and is not sent at all if
     /// the log did not take it. Stops (a reaction's stop, every stop of an e-stop) are
-    /// published *before* the batch is written, then written in the same turn: a stop takes energy away, so holding it back for the disk protects nobody, and
-    /// the disk write was most of a reaction's latency (BENCHMARKS.md). A stop goes early
+    /// published *before* the batch is written, then written in the same turn: a stop takes
+    /// energy away, so holding it back for the disk protects nobody, and the disk write was
+    /// most of a reaction's latency (BENCHMARKS.md). A stop goes early
     /// unless an energy command for the same channel is queued before it (that one must stay
     /// first, so it waits with it). The window this opens: a crash between the publish and
     /// the write loses the stop's record (never an energy command's); the device's telemetry
@@ -1601,20 +1602,21 @@ impl Core {
             return;
         }
         let out = std::mem::take(&mut self.outbox);
-        let mut energy_first: Vec<(&str, &str)> = Vec::new();
-        let early: Vec<bool> = out
-            .iter()
-            .map(|o| {
-                let ch = (o.cmd.device.as_str(), o.cmd.channel.as_str());
-                if o.energy {
-                    energy_first.push(ch);
-                    false
-                } else {
-                    !energy_first.contains(&ch)
-                }
-            })
-            .collect();
-        drop(energy_first);
+        let early: Vec<bool> = {
+            // The channels an energy command was queued for so far in the batch.
+            let mut energy_first: Vec<(&str, &str)> = Vec::new();
+            out.iter()
+                .map(|o| {
+                    let ch = (o.cmd.device.as_str(), o.cmd.channel.as_str());
+                    if o.energy {
+                        energy_first.push(ch);
+                        false
+                    } else {
+                        !energy_first.contains(&ch)
+                    }
+                })
+                .collect()
+        };
         let (entries, mut rest): (Vec<Entry>, Vec<_>) = out
             .into_iter()
             .map(|o| (o.entry, (o.cmd, o.energy, o.due)))
