@@ -202,7 +202,24 @@ impl Watcher {
     }
 }
 
-/// A rig's place beside the other tests (`crate::HEAVY`).
+/// Where a rig keeps its files (protocol, plugin cache, audit log) and its turn beside the
+/// other tests.
+struct Place {
+    dir: tempfile::TempDir,
+    turn: Turn,
+}
+
+impl Place {
+    /// A temporary directory on disk, beside the other controller tests.
+    async fn shared() -> Place {
+        Place {
+            dir: tempfile::tempdir().expect("tempdir"),
+            turn: Turn::shared().await,
+        }
+    }
+}
+
+/// A rig's turn beside the other tests (`crate::HEAVY`).
 #[allow(dead_code)] // held for its drop
 enum Turn {
     /// Beside the other controller tests; no browser test meanwhile.
@@ -261,10 +278,8 @@ impl Rig {
         faults: BTreeMap<String, Faults>,
         tweak: impl FnOnce(&mut ControllerConfig),
     ) -> Rig {
-        let dir = tempfile::tempdir().expect("tempdir");
         Rig::start_in(
-            dir,
-            Turn::shared().await,
+            Place::shared().await,
             broker,
             name,
             text,
@@ -275,11 +290,9 @@ impl Rig {
         .await
     }
 
-    /// [`Rig::start_with`] with the rig's files (protocol, plugin cache, audit log) in `dir`.
-    #[allow(clippy::too_many_arguments)]
+    /// [`Rig::start_with`] in a given [`Place`].
     async fn start_in(
-        dir: tempfile::TempDir,
-        turn: Turn,
+        Place { dir, turn }: Place,
         broker: TestBroker,
         name: &str,
         text: Option<String>,
@@ -548,9 +561,12 @@ async fn demo_protocol(broker: TestBroker) {
     // 100x: the 56 min protocol in 34 s, 50 ms of slack for its shortest (5 s) steps. At 300x
     // (17 ms) CI failed on 60 ms stalls, and even on tmpfs a release build running beside it
     // made steps late; at 100x on tmpfs it passed with that build and a 3 GB `dd` beside it.
+    let place = Place {
+        dir: memory_tempdir(),
+        turn: Turn::shared().await,
+    };
     let rig = Rig::start_in(
-        memory_tempdir(),
-        Turn::shared().await,
+        place,
         broker,
         "e2e-demo",
         None,
@@ -1395,6 +1411,15 @@ async fn a_full_disk_stops_every_source_raises_a_high_alarm_and_sends_no_unaudit
     assert!(received.iter().any(|(_, stop)| *stop), "no stop was sent");
 }
 
+/// A flooder's reading: the TENS unit's ch1, an in-range impedance, as raw JSON (the flood
+/// tests publish bytes, as a misbehaving device would).
+fn flood_reading(seq: u64) -> String {
+    format!(
+        r#"{{"seq":{seq},"ts_ms":{},"device":"tens-2ch","channel":"ch1","measurement":{{"kind":"impedance_ohm","value":500}},"delivering":true,"lease_id":null}}"#,
+        modalis::bus::payload::wall_clock_ms()
+    )
+}
+
 async fn flood(broker: TestBroker, inbox: Option<usize>) {
     let name = format!("e2e-flood-{}-{}", broker.name(), inbox.unwrap_or(0));
     let rig = Rig::start_with(
@@ -1418,12 +1443,6 @@ async fn flood(broker: TestBroker, inbox: Option<usize>) {
         .rogue("flooder", &cancel, |c| c.request_capacity = 4096)
         .await;
     let tele = rig.topics.device_telemetry("tens-2ch").expect("topic");
-    let reading = |seq: u64| {
-        format!(
-            r#"{{"seq":{seq},"ts_ms":{},"device":"tens-2ch","channel":"ch1","measurement":{{"kind":"impedance_ohm","value":500}},"delivering":true,"lease_id":null}}"#,
-            modalis::bus::payload::wall_clock_ms()
-        )
-    };
     let raw = |payload: Vec<u8>| raw(&tele, payload, Qos::AtMostOnce);
     // Two seconds at about 2000 messages a second: a hundred times the simulator's 20 per
     // second for the device, with an oversized payload (just under the broker's limit) every
@@ -1436,7 +1455,7 @@ async fn flood(broker: TestBroker, inbox: Option<usize>) {
             let payload = if sent.is_multiple_of(200) {
                 vec![b' '; modalis::broker::MAX_PAYLOAD_BYTES - 4096]
             } else {
-                reading(1_000_000 + sent).into_bytes()
+                flood_reading(1_000_000 + sent).into_bytes()
             };
             bus.handle
                 .publish_message(raw(payload))
@@ -1499,9 +1518,12 @@ async fn estop_in_a_flood(by_mqtt: bool) {
         "e2e-flood-estop-{}",
         if by_mqtt { "mqtt" } else { "console" }
     );
+    let place = Place {
+        dir: tempfile::tempdir().expect("tempdir"),
+        turn: Turn::alone().await,
+    };
     let rig = Rig::start_in(
-        tempfile::tempdir().expect("tempdir"),
-        Turn::alone().await,
+        place,
         TestBroker::mosquitto(),
         &name,
         Some(protocol_text(&format!("{HEAT}{TENS}"))),
@@ -1532,11 +1554,7 @@ async fn estop_in_a_flood(by_mqtt: bool) {
             let mut sent = 0u64;
             while started.elapsed() < FLOOD && sent < 200_000 {
                 sent += 1;
-                let payload = format!(
-                    r#"{{"seq":{},"ts_ms":{},"device":"tens-2ch","channel":"ch1","measurement":{{"kind":"impedance_ohm","value":500}},"delivering":true,"lease_id":null}}"#,
-                    1_000_000 * (i + 1) + sent,
-                    modalis::bus::payload::wall_clock_ms()
-                );
+                let payload = flood_reading(1_000_000 * (i + 1) + sent);
                 if bus
                     .handle
                     .publish_message(raw(&tele, payload, Qos::AtMostOnce))
