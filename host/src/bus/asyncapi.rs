@@ -188,8 +188,12 @@ fn who(kind: TopicKind) -> String {
         TopicKind::DeviceCommand => {
             "subscribed to by the device it names (its own command topic only)"
         }
-        TopicKind::DeviceAck | TopicKind::DeviceTelemetry | TopicKind::Estop => {
-            "subscribed to by the controller"
+        TopicKind::DeviceAck | TopicKind::DeviceTelemetry => "subscribed to by the controller",
+        TopicKind::Estop => {
+            "subscribed to by the controller and by every device: a device stops every output \
+             on any valid message here by itself (one broker hop, and it works with the \
+             controller hung or gone); the controller's audited per-channel stops follow on each \
+             device's command topic"
         }
         TopicKind::SimFault => {
             "subscribed to only by the simulated device it names; no controller or real device \

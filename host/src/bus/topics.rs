@@ -9,7 +9,7 @@
 //! | `device/<device>/ack`                   | device      | no       | [`CommandAck`](super::payload::CommandAck) |
 //! | `device/<device>/telemetry`             | device      | no       | [`DeviceTelemetry`](super::payload::DeviceTelemetry) |
 //! | `alarm`                                 | controller  | no       | [`AlarmMessage`](super::payload::AlarmMessage) |
-//! | `estop`                                 | any panel   | no       | [`EstopInput`](super::payload::EstopInput) |
+//! | `estop`                                 | any panel   | no       | [`EstopInput`](super::payload::EstopInput) (read by the controller and every device) |
 //! | `sim/<device>/fault`                    | operator    | no       | [`SimFaultMessage`](super::payload::SimFaultMessage) |
 //!
 //! `sim/<device>/fault` exists only for the device simulator (`modalis sim`): it replaces a
@@ -365,14 +365,17 @@ impl Topics {
         ]
     }
 
-    /// The filter a device subscribes to: its own command topic.
+    /// The filters a device subscribes to: its own command topic, and the e-stop. A device
+    /// stops every output on any valid e-stop message by itself, so that a panel's e-stop
+    /// reaches it in one broker hop and works with the controller hung or gone; the
+    /// controller's per-channel stops (audited) follow on the command topic either way.
     pub fn device_filters(&self, device: &str) -> Result<Vec<String>, TopicError> {
-        Ok(vec![self.device_command(device)?])
+        Ok(vec![self.device_command(device)?, self.estop()])
     }
 
     /// The filter a simulated device subscribes to besides [`Topics::device_filters`]: its
     /// own fault topic. Kept apart so that what a real device subscribes to stays its command
-    /// topic only.
+    /// topic and the e-stop.
     pub fn sim_fault_filter(&self, device: &str) -> Result<String, TopicError> {
         self.sim_fault(device)
     }

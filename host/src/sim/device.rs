@@ -135,9 +135,13 @@ pub(super) struct SimDevice {
     tau_s: f64,
     max_lease: Duration,
     answered: VecDeque<(String, CommandAck)>,
+    /// Whether a panel's e-stop on the controller's `estop` topic stops this device by itself
+    /// ([`SimOptions::stop_on_estop`]).
+    stop_on_estop: bool,
     state: watch::Sender<DeviceState>,
     connected: bool,
     commands: u64,
+    estops: u64,
     acks: u64,
     telemetry: u64,
     rejected: u64,
@@ -179,6 +183,7 @@ impl SimDevice {
             connected: false,
             channels: Vec::new(),
             commands: 0,
+            estops: 0,
             acks: 0,
             telemetry: 0,
             rejected: 0,
@@ -195,9 +200,11 @@ impl SimDevice {
             tau_s: options.thermal_time_constant.as_secs_f64(),
             max_lease: options.max_lease,
             answered: VecDeque::new(),
+            stop_on_estop: options.stop_on_estop,
             state,
             connected: false,
             commands: 0,
+            estops: 0,
             acks: 0,
             telemetry: 0,
             rejected: 0,
@@ -272,6 +279,10 @@ impl SimDevice {
                 message: Inbound::SimFault(m),
                 retained,
             } => self.on_fault(m, retained),
+            BusEvent::Message {
+                message: Inbound::Estop(e),
+                ..
+            } if self.stop_on_estop => self.on_estop(&e.panel, &e.reason),
             // Anything else on the device's topics is neither a command nor a fault: rejected,
             // never acted on. Invalid fault messages (bad JSON, out-of-range numbers) arrive
             // here as `Rejected` too, so they change nothing.
@@ -281,6 +292,33 @@ impl SimDevice {
                 self.rejected += 1;
             }
             BusEvent::PublishRefused { .. } | BusEvent::SubscribeRefused { .. } => {}
+        }
+    }
+
+    /// A panel's e-stop (decoded and schema-checked by the bus): every output off at once,
+    /// without waiting for the controller's stops, which follow on the command topic and are
+    /// then acked as usual. Retained or not, it is obeyed: stopping is always safe. Nothing is
+    /// latched: a command the controller sent before it saw the e-stop can still arrive after
+    /// it and start a channel again, but the controller's stop for that channel comes after
+    /// that command on the same topic (MQTT keeps one publisher's order), so the device ends
+    /// stopped either way, no later than it would without this path. A latch would leave a
+    /// device the controller never stops (one in no session) refusing every later session.
+    fn on_estop(&mut self, panel: &str, reason: &str) {
+        if self.faults.borrow().ignore_stop {
+            // The fault: a device whose stop path is broken ignores this one too.
+            tracing::warn!(device = %self.id, panel, "e-stop ignored (ignore-stop fault)");
+            return;
+        }
+        self.estops += 1;
+        let was: Vec<&str> = self
+            .channels
+            .iter()
+            .filter(|c| c.energised)
+            .map(|c| c.name.as_str())
+            .collect();
+        tracing::warn!(device = %self.id, panel, reason, stopped = ?was, "e-stop: every output off");
+        for c in &mut self.channels {
+            c.stop();
         }
     }
 
@@ -570,9 +608,10 @@ impl SimDevice {
                 impedance_ohm: c.site.impedance_ohm,
             })
             .collect();
-        let (connected, commands, acks, telemetry, rejected) = (
+        let (connected, commands, estops, acks, telemetry, rejected) = (
             self.connected,
             self.commands,
+            self.estops,
             self.acks,
             self.telemetry,
             self.rejected,
@@ -581,6 +620,7 @@ impl SimDevice {
             s.connected = connected;
             s.channels = channels;
             s.commands = commands;
+            s.estops = estops;
             s.acks = acks;
             s.telemetry = telemetry;
             s.rejected = rejected;

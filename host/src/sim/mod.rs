@@ -5,6 +5,9 @@
 //! - obeys `set` commands only under a lease and stops by itself when the lease lapses; a
 //!   `renew_lease` extends an output that is still running and never starts one (it answers
 //!   `expired` instead);
+//! - stops every output at once on a panel's e-stop (the controller's `estop` topic), without
+//!   waiting for the controller's stops (unless [`SimOptions::stop_on_estop`] is off, as for a
+//!   device that does not implement it);
 //! - acks every command (`accepted`, `rejected` with a reason, or `expired`), and answers a
 //!   repeated command id (an MQTT redelivery) with the first answer without applying it again;
 //! - refuses setpoints beyond its own profile (a device has hardware limits of its own) and
@@ -102,6 +105,11 @@ pub struct SimOptions {
     pub max_lease: Duration,
     /// Faults by device id.
     pub faults: BTreeMap<String, Faults>,
+    /// Devices subscribe to the controller's `estop` topic and stop every output on a panel's
+    /// e-stop themselves (the device contract: [`crate::bus::topics::Topics::device_filters`]).
+    /// Off: they only obey the controller's stop commands, as a device that does not
+    /// implement the e-stop subscription would (tests of the controller's own e-stop path).
+    pub stop_on_estop: bool,
 }
 
 impl Default for SimOptions {
@@ -113,6 +121,7 @@ impl Default for SimOptions {
             thermal_time_constant: Duration::from_secs(20),
             max_lease: Duration::from_secs(60),
             faults: BTreeMap::new(),
+            stop_on_estop: true,
         }
     }
 }
@@ -181,6 +190,8 @@ pub struct DeviceState {
     pub channels: Vec<ChannelState>,
     /// Valid commands received (duplicates included).
     pub commands: u64,
+    /// Panel e-stops obeyed directly (see [`SimOptions::stop_on_estop`]).
+    pub estops: u64,
     /// Acks sent.
     pub acks: u64,
     /// Telemetry messages sent.
@@ -222,7 +233,9 @@ pub struct Simulator;
 impl Simulator {
     /// Starts one simulated device per profile, each on its own connection made from `bus`
     /// (the broker, credentials and timing; the client id becomes `<client_id>-<device>`, and
-    /// the subscriptions are the device's command topic and its `sim/<device>/fault` topic).
+    /// the subscriptions are a device's, [`crate::bus::topics::Topics::device_filters`] (its
+    /// command topic and the e-stop, the latter unless [`SimOptions::stop_on_estop`] is off),
+    /// and its `sim/<device>/fault` topic).
     /// Everything stops when `cancel` fires.
     pub fn spawn(
         bus: BusConfig,
@@ -264,6 +277,10 @@ impl Simulator {
                 source,
             };
             let mut filters = cfg.topics.device_filters(&device).map_err(id_error)?;
+            if !options.stop_on_estop {
+                let estop = cfg.topics.estop();
+                filters.retain(|f| *f != estop);
+            }
             filters.push(cfg.topics.sim_fault_filter(&device).map_err(id_error)?);
             cfg.subscriptions = filters.into_iter().map(|f| (f, Qos::AtLeastOnce)).collect();
             cfg.birth = None;

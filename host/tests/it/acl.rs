@@ -159,17 +159,24 @@ async fn the_example_acl_lets_only_the_controller_command_and_devices_speak_for_
     );
 
     // The e-stop: a panel may press it, a dashboard may not.
-    let estop = serde_json::json!({"seq": 1, "ts_ms": modalis::bus::payload::wall_clock_ms(),
-        "panel": "panel-1", "reason": "test"});
+    let estop = |reason: &str| {
+        serde_json::json!({"seq": 1, "ts_ms": modalis::bus::payload::wall_clock_ms(),
+            "panel": "panel-1", "reason": reason})
+    };
     dash.handle
-        .publish(&t.estop(), &estop, Qos::AtLeastOnce, false)
+        .publish(
+            &t.estop(),
+            &estop("from-dashboard"),
+            Qos::AtLeastOnce,
+            false,
+        )
         .await
         .expect("queued");
     let why = recv_until(&mut dash.inbox, "the dashboard's e-stop refusal", refused).await;
     assert!(why.contains("NotAuthorized"), "{why}");
     panel
         .handle
-        .publish(&t.estop(), &estop, Qos::AtLeastOnce, false)
+        .publish(&t.estop(), &estop("from-panel"), Qos::AtLeastOnce, false)
         .await
         .expect("queued");
     assert!(
@@ -187,5 +194,20 @@ async fn the_example_acl_lets_only_the_controller_command_and_devices_speak_for_
     })
     .await;
     assert_eq!(source, "panel-1");
+    // Every device reads the e-stop too (it stops on it by itself), and the first it gets is
+    // the panel's: the dashboard's never reached it.
+    let at_device = recv_until(
+        &mut tens.inbox,
+        "the panel's e-stop at a device",
+        |ev| match ev {
+            BusEvent::Message {
+                message: Inbound::Estop(e),
+                ..
+            } => Some(e.reason),
+            _ => None,
+        },
+    )
+    .await;
+    assert_eq!(at_device, "from-panel");
     cancel.cancel();
 }

@@ -284,20 +284,21 @@ impl Rig {
             name,
             text,
             speed,
-            faults,
+            |o| o.faults = faults,
             tweak,
         )
         .await
     }
 
-    /// [`Rig::start_with`] in a given [`Place`].
+    /// [`Rig::start_with`] in a given [`Place`], with the simulator's options (its faults,
+    /// whether its devices obey the e-stop topic) set by `sim`.
     async fn start_in(
         Place { dir, turn }: Place,
         broker: TestBroker,
         name: &str,
         text: Option<String>,
         speed: u32,
-        faults: BTreeMap<String, Faults>,
+        sim: impl FnOnce(&mut SimOptions),
         tweak: impl FnOnce(&mut ControllerConfig),
     ) -> Rig {
         let (file, text) = match text {
@@ -319,14 +320,15 @@ impl Rig {
         let sim_cancel = CancellationToken::new();
         let mut sim_cfg = broker.config("sim", &topics, DEVICE_USER);
         sim_cfg.client_id = format!("{name}-sim");
+        let mut options = SimOptions {
+            thermal_time_constant: Duration::from_secs(20) / speed,
+            ..SimOptions::default()
+        };
+        sim(&mut options);
         let sim = Simulator::spawn(
             sim_cfg,
             protocol.devices.values().cloned().collect(),
-            SimOptions {
-                thermal_time_constant: Duration::from_secs(20) / speed,
-                faults,
-                ..SimOptions::default()
-            },
+            options,
             sim_cancel.clone(),
         )
         .expect("simulator starts");
@@ -565,16 +567,7 @@ async fn demo_protocol(broker: TestBroker) {
         dir: memory_tempdir(),
         turn: Turn::shared().await,
     };
-    let rig = Rig::start_in(
-        place,
-        broker,
-        "e2e-demo",
-        None,
-        100,
-        BTreeMap::new(),
-        |_| {},
-    )
-    .await;
+    let rig = Rig::start_in(place, broker, "e2e-demo", None, 100, |_| {}, |_| {}).await;
     let p = rig.run().await;
     assert_eq!(p.blocks.len(), 4, "four enabled blocks: {:?}", p.blocks);
     let snap = rig
@@ -774,15 +767,20 @@ async fn over_temperature_stops_that_source_within_one_telemetry_period() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn estop_on_mqtt_stops_every_source_within_100_ms() {
+/// A panel's e-stop over MQTT. `direct`: the devices also obey the e-stop topic themselves
+/// (the device contract, the default); else only the controller's stops can stop them.
+/// Either way every channel gets an audited stop from the controller and the session ends
+/// e-stopped.
+async fn estop_on_mqtt(direct: bool) {
     let broker = TestBroker::mosquitto();
-    let rig = Rig::start(
+    let rig = Rig::start_in(
+        Place::shared().await,
         broker,
-        "e2e-estop",
+        &format!("e2e-estop-{}", if direct { "direct" } else { "controller" }),
         Some(protocol_text(&format!("{HEAT}{TENS}"))),
         60,
-        BTreeMap::new(),
+        |o| o.stop_on_estop = direct,
+        |_| {},
     )
     .await;
     let p = rig.run().await;
@@ -824,14 +822,51 @@ async fn estop_on_mqtt_stops_every_source_within_100_ms() {
     // Latched: nothing starts again.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!rig.any_energised());
+    // Who stopped the devices first: they themselves (one e-stop each), or only the
+    // controller.
+    for device in ["mire-pads", "tens-2ch"] {
+        let obeyed = rig.sim().state(device).expect("simulated").estops;
+        assert_eq!(obeyed, u64::from(direct), "{device}");
+    }
+    let channels: Vec<(String, String)> = rig
+        .protocol
+        .devices
+        .values()
+        .flat_map(|p| p.channels.iter().map(|c| (p.id.clone(), c.name.clone())))
+        .collect();
     panel_cancel.cancel();
     let (dir, _keep) = rig.finish().await;
-    assert!(audit_events(&dir).iter().any(|r| matches!(
+    let recs = audit_events(&dir);
+    assert!(recs.iter().any(|r| matches!(
         &r.event,
         Event::OperatorAction {
             action: modalis_audit::OperatorAction::EStop
         }
     ) && matches!(&r.actor, modalis_audit::Actor::Operator { id } if id == "panel-1")));
+    // The controller's audited stop for every channel, whether or not the device had already
+    // stopped by itself.
+    for (device, channel) in &channels {
+        assert!(
+            recs.iter().any(|r| matches!(r.event, Event::Command { .. })
+                && r.payload["device"] == device.as_str()
+                && r.payload["channel"] == channel.as_str()
+                && r.payload["action"]["kind"] == "stop"
+                && r.payload["action"]["reason"]
+                    .as_str()
+                    .is_some_and(|x| x.starts_with("e-stop"))),
+            "no audited e-stop stop for {device}/{channel}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn estop_on_mqtt_stops_every_source_within_100_ms() {
+    estop_on_mqtt(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn estop_on_mqtt_stops_devices_without_the_estop_subscription_within_100_ms() {
+    estop_on_mqtt(false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1528,7 +1563,9 @@ async fn estop_in_a_flood(by_mqtt: bool) {
         &name,
         Some(protocol_text(&format!("{HEAT}{TENS}"))),
         60,
-        BTreeMap::new(),
+        // The controller's own path is under test: devices that stopped on the e-stop topic
+        // by themselves would pass it with the controller's e-stop dropped.
+        |o| o.stop_on_estop = false,
         |_| {},
     )
     .await;

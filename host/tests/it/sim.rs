@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use modalis::bus::payload::{
-    AckOutcome, CommandAck, CommandAction, DeviceCommand, DeviceTelemetry, FaultSpec, Inbound,
-    LeaseGrant, SimFaultMessage,
+    AckOutcome, CommandAck, CommandAction, DeviceCommand, DeviceTelemetry, EstopInput, FaultSpec,
+    Inbound, LeaseGrant, SimFaultMessage,
 };
 use modalis::bus::topics::Topics;
 use modalis::bus::{Bus, BusEvent, OutboundMessage, Qos};
@@ -86,10 +86,21 @@ impl Rig {
         profiles: &[&str],
         faults: &[(&str, Faults)],
     ) -> Rig {
+        Rig::start_with(broker, name, profiles, faults, |_| {}).await
+    }
+
+    /// [`Rig::start`] with the simulator's options changed by `tweak`.
+    async fn start_with(
+        broker: TestBroker,
+        name: &str,
+        profiles: &[&str],
+        faults: &[(&str, Faults)],
+        tweak: impl FnOnce(&mut SimOptions),
+    ) -> Rig {
         let t = topics(name);
         let cancel = CancellationToken::new();
         let ctl = Bus::start(controller_config(&broker, &t, "ctl"), cancel.clone()).expect("ok");
-        let options = SimOptions {
+        let mut options = SimOptions {
             telemetry_period: PERIOD,
             faults: faults
                 .iter()
@@ -97,6 +108,7 @@ impl Rig {
                 .collect::<BTreeMap<_, _>>(),
             ..SimOptions::default()
         };
+        tweak(&mut options);
         let profiles: Vec<DeviceProfile> = profiles.iter().map(|p| profile(p)).collect();
         let ids: Vec<String> = profiles.iter().map(|p| p.id.clone()).collect();
         let sim = Simulator::spawn(
@@ -409,6 +421,99 @@ async fn simulator_stops_within_one_lease_period_without_renewals() {
     assert_eq!(ack.outcome, AckOutcome::Expired);
     assert!(!rig.energised("lllt-808", "probe"));
     rig.cancel.cancel();
+}
+
+/// A panel's e-stop, published on the controller's `estop` topic with no controller running
+/// (nobody sends a stop command): every device stops by itself, except one with the
+/// ignore-stop fault (its stop path is broken, this one included), and none when the option is
+/// off (a device that does not implement the subscription waits for the controller).
+async fn estop_without_a_controller(stop_on_estop: bool) {
+    let name = format!("sim-estop-{stop_on_estop}");
+    let broken = Faults {
+        ignore_stop: true,
+        ..Faults::default()
+    };
+    let mut rig = Rig::start_with(
+        TestBroker::mosquitto(),
+        &name,
+        &["mire-pads", "lllt-808", "laser-acupuncture-probe"],
+        &[("laser-acu-3b", broken)],
+        |o| o.stop_on_estop = stop_on_estop,
+    )
+    .await;
+    for (device, channel, setpoint) in [
+        ("mire-pads", "pad-1", heat(40.0)),
+        ("mire-pads", "pad-2", heat(40.0)),
+        ("lllt-808", "probe", laser(200.0)),
+        ("laser-acu-3b", "probe", laser(200.0)),
+    ] {
+        let ack = rig.command(device, channel, set(setpoint, 1, 30_000)).await;
+        assert_eq!(
+            ack.outcome,
+            AckOutcome::Accepted,
+            "{device}/{channel}: {ack:?}"
+        );
+    }
+    let commands_before: Vec<u64> = ["mire-pads", "lllt-808", "laser-acu-3b"]
+        .iter()
+        .map(|d| rig.sim.state(d).expect("simulated").commands)
+        .collect();
+    let input = EstopInput {
+        seq: 1,
+        ts_ms: 1,
+        panel: "panel-1".into(),
+        reason: "test".into(),
+    };
+    rig.ctl
+        .handle
+        .publish(&rig.t.estop(), &input, Qos::AtLeastOnce, false)
+        .await
+        .expect("published");
+    if stop_on_estop {
+        for device in ["mire-pads", "lllt-808"] {
+            rig.wait_state(device, "stop on the e-stop", |s| {
+                !s.any_energised() && s.estops == 1
+            })
+            .await;
+        }
+    } else {
+        // Nothing to wait for but time: a device that listened would have stopped well within.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(rig.energised("mire-pads", "pad-1"));
+        assert!(rig.energised("lllt-808", "probe"));
+    }
+    // Stopped by the e-stop alone: no command reached any device meanwhile.
+    let commands_after: Vec<u64> = ["mire-pads", "lllt-808", "laser-acu-3b"]
+        .iter()
+        .map(|d| rig.sim.state(d).expect("simulated").commands)
+        .collect();
+    assert_eq!(commands_before, commands_after);
+    // The broken device still delivers, as a device with a broken stop path would: the
+    // controller's `stop_ignored` check is what catches it.
+    assert!(rig.energised("laser-acu-3b", "probe"));
+    assert_eq!(rig.sim.state("laser-acu-3b").expect("simulated").estops, 0);
+    // The telemetry says so too.
+    if stop_on_estop {
+        let m = rig.telemetry("lllt-808", |m| m.channel == "probe").await;
+        assert!(!m.delivering, "{m:?}");
+    }
+    // Not latched: the next session's command starts the channel again.
+    let ack = rig
+        .command("lllt-808", "probe", set(laser(200.0), 2, 30_000))
+        .await;
+    assert_eq!(ack.outcome, AckOutcome::Accepted, "{ack:?}");
+    assert!(rig.energised("lllt-808", "probe"));
+    rig.cancel.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulated_devices_stop_on_a_panel_estop_with_no_controller_running() {
+    estop_without_a_controller(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulated_devices_without_the_estop_subscription_wait_for_the_controller() {
+    estop_without_a_controller(false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
