@@ -39,7 +39,7 @@ pub use ed25519_dalek::VerifyingKey;
 pub use error::AuditError;
 pub use export::{ExportFilter, ExportFormat, ExportLine, export, rfc3339};
 pub use keys::parse_public;
-pub use log::{AuditConfig, AuditLog, PreviousRun};
+pub use log::{AuditConfig, AuditLog, BatchReceipt, PreviousRun};
 pub use reader::{AuditReader, Follow};
 pub use record::{
     Actor, CHAIN_DOMAIN, ChainHash, Decision, Entry, Event, FORMAT_VERSION, MAX_RECORD_BYTES,

@@ -48,6 +48,10 @@ pub struct AuditConfig {
     /// full disk stays full; a smaller batch must not slip in under the limit). `None` (the
     /// default) in use.
     pub fail_writes_after: Option<u64>,
+    /// Fault injection for tests of a slow disk: every commit takes at least this long
+    /// before its flush returns (a stalled disk holds a write-ahead record for hundreds of
+    /// milliseconds). `None` (the default) in use.
+    pub slow_writes: Option<Duration>,
 }
 
 impl Default for AuditConfig {
@@ -59,12 +63,35 @@ impl Default for AuditConfig {
             checkpoint_interval: Duration::from_secs(10),
             queue: 16 * 1024,
             fail_writes_after: None,
+            slow_writes: None,
         }
     }
 }
 
 /// Reply channel to one waiting caller.
 type Reply<T> = SyncSender<Result<T, AuditError>>;
+
+/// The records of one [`AuditLog::append_batch_deferred`] call, being written.
+#[derive(Debug)]
+#[must_use = "a write-ahead record's result must be waited for before acting on it"]
+pub struct BatchReceipt {
+    /// One reply per record, or (the writer was gone) how many records were refused.
+    waits: Result<Vec<Receiver<Result<u64, AuditError>>>, usize>,
+}
+
+impl BatchReceipt {
+    /// Waits until the batch is written (or failed) and returns each record's result in
+    /// order, as [`AuditLog::append_batch`] does.
+    pub fn wait(self) -> Vec<Result<u64, AuditError>> {
+        match self.waits {
+            Ok(waits) => waits
+                .into_iter()
+                .map(|w| w.recv().map_err(|_| AuditError::Closed)?)
+                .collect(),
+            Err(n) => (0..n).map(|_| Err(AuditError::Closed)).collect(),
+        }
+    }
+}
 
 // Nearly every message is an Append; boxing it would add an allocation per record to make
 // the rare control messages smaller.
@@ -202,6 +229,15 @@ impl AuditLog {
     /// device is never on record while the stop beside it is not). Returns each record's
     /// result in order; a record whose result is `Err` must not be acted on.
     pub fn append_batch(&self, entries: Vec<Entry>) -> Vec<Result<u64, AuditError>> {
+        self.append_batch_deferred(entries).wait()
+    }
+
+    /// [`AuditLog::append_batch`] without the wait: the records are handed to the writer
+    /// (blocking only while its queue is full) and the returned receipt waits for them. A
+    /// caller that must not stall while the disk writes (the controller's loop) hands the
+    /// receipt to a thread of its own and acts on the results when they come. Receipts
+    /// complete in the order their batches were appended: the writer is one thread.
+    pub fn append_batch_deferred(&self, entries: Vec<Entry>) -> BatchReceipt {
         // One message, not one per record: sent separately, the writer could pick up the
         // first records before the rest arrived and commit them on their own.
         let (items, waits): (Vec<Pending>, Vec<_>) = entries
@@ -218,15 +254,14 @@ impl AuditLog {
             })
             .unzip();
         if items.is_empty() {
-            return Vec::new();
+            return BatchReceipt { waits: Ok(waits) };
         }
         if self.send(Msg::AppendBatch(items)).is_err() {
-            return waits.iter().map(|_| Err(AuditError::Closed)).collect();
+            return BatchReceipt {
+                waits: Err(waits.len()),
+            };
         }
-        waits
-            .into_iter()
-            .map(|w| w.recv().map_err(|_| AuditError::Closed)?)
-            .collect()
+        BatchReceipt { waits: Ok(waits) }
     }
 
     /// Queues one telemetry record from `device` for the next group commit and returns at
@@ -617,6 +652,9 @@ impl Writer {
             let injected = self
                 .injected_full
                 .then(|| AuditError::Write("injected fault: no space left on device".into()));
+            if let Some(d) = self.config.slow_writes {
+                std::thread::sleep(d);
+            }
             let written = match injected {
                 Some(e) => Err(e),
                 None => self.store.apply(&batch, seq, &head),

@@ -233,7 +233,8 @@ pub enum Event {
         reason: String,
     },
     /// A command to a device. An energy command is recorded before it is published; a stop
-    /// is published first and recorded in the same controller loop turn.
+    /// is published first and handed to the log in the same controller loop turn. An energy
+    /// command withdrawn unsent is followed by a `run.superseded` governor decision.
     Command {
         /// The command's id, as in the MQTT command and its ack.
         command_id: String,

@@ -170,6 +170,10 @@ rules! {
     /// A plugin failed in its closed loop mid-session (a trap, a hang cut off by its fuel or
     /// deadline, memory refused): its block stops, or the session, per the protocol.
     RUN_PLUGIN_FAULT = "run.plugin_fault", "design brief: plugins are untrusted and sandboxed; IEC 60601-1 single fault condition [K]: a failed control element leaves its source safe (off)";
+    /// An energy command (a step's setpoint, a lease renewal) still waiting for its audit
+    /// record to be written when a stop for its channel came: it is withdrawn, never sent, so
+    /// the stop need not wait behind it.
+    RUN_SUPERSEDED = "run.superseded", "design brief: write the audit record before publishing an energy command, so one can wait on the disk; IEC 60601-1 single fault condition [K]: taking energy away is never delayed by delivering it";
     /// The step's time is over.
     RUN_STEP_END = "run.step_end", "approved plan timing";
     /// Operator actions (reset, re-enable).

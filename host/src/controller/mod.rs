@@ -3,19 +3,20 @@
 //!
 //! [`Controller::start`] opens the audit log, loads the plugins, connects to the broker and
 //! runs the controller loop on a thread of its own (with its own single-threaded tokio
-//! runtime), so the audit log's write-ahead appends, which block for one group commit, stall
-//! nothing else, and the step timer does not compete with the simulator or a UI. The MQTT
+//! runtime), so the step timer does not compete with the simulator or a UI. The MQTT
 //! connection itself runs on the caller's runtime for the same reason. Commands due together
-//! (steps across stations, lease renewals) are audited as one batch: one group commit, then
-//! all are published.
+//! (steps across stations, lease renewals) are audited as one batch, one group commit, which a
+//! second thread waits for (the loop goes on meanwhile); then all are published.
 //!
-//! The loop is fed by a closed set of inputs: operator requests through the
-//! [`ControllerHandle`], bus events (telemetry, acks, e-stops, connection changes) and its
-//! own timer. Every energy command goes **governor → audit (write-ahead) → MQTT**: the
-//! supervisor admits it, the audit log has it on disk, and only then is it published. Stops
-//! are the exception to the middle step: a stop is published first and written in the same
-//! loop turn (stopping is always safe, and waiting for the disk was most of a reaction's
-//! latency), and when the audit log fails a stop is still sent, energy commands are not.
+//! The loop is fed by a closed set of inputs: finished audit commits, operator requests
+//! through the [`ControllerHandle`], bus events (telemetry, acks, e-stops, connection changes)
+//! and its own timer. Every energy command goes **governor → audit (write-ahead) → MQTT**:
+//! the supervisor admits it, the audit log has it on disk, and only then is it published.
+//! Stops are the exception to the middle step: a stop is published first and written after
+//! (stopping is always safe, and waiting for the disk was most of a reaction's latency); it
+//! withdraws an energy command for its channel still waiting for the disk, so nothing it
+//! stops can arrive after it; and when the audit log fails a stop is still sent, energy
+//! commands are not.
 //!
 //! Shutdown is the [`CancellationToken`] passed in: every session is stopped (stop commands
 //! to every energised source), the retained state goes `offline`, the audit log is closed,
@@ -347,6 +348,9 @@ pub struct ControllerStats {
     pub slow_turns: u64,
     /// The longest turn of the controller loop so far, microseconds.
     pub longest_turn_us: u64,
+    /// Energy commands withdrawn unsent because a stop for their channel came while their
+    /// audit records were being written (`run.superseded`).
+    pub withdrawn: u64,
 }
 
 /// What a UI can follow.
@@ -757,6 +761,64 @@ struct Outgoing {
     due: Option<Due>,
 }
 
+/// A batch of commands whose audit records the writer has and is committing
+/// ([`Core::flush`]). Its energy commands, and any stop that had to stay behind one of them,
+/// are published when the records are on disk ([`Core::on_audited`]); its early stops are
+/// already out.
+struct InFlight {
+    id: u64,
+    cmds: Vec<Queued>,
+    /// The records' results, once the writer has them; batches are published in order, so
+    /// a finished batch waits for the ones before it.
+    results: Option<Vec<Result<u64, modalis_audit::AuditError>>>,
+}
+
+/// One command of an [`InFlight`] batch.
+struct Queued {
+    cmd: DeviceCommand,
+    energy: bool,
+    due: Option<Due>,
+    /// Published before its record was written (a stop).
+    early: bool,
+    /// An energy command a stop for its channel superseded before it was published: never
+    /// sent ([`rules::RUN_SUPERSEDED`]).
+    withdrawn: bool,
+}
+
+impl Queued {
+    /// An energy command not yet out, that a stop for `ch` would have to wait for.
+    fn pending_energy_for(&self, ch: (&str, &str)) -> bool {
+        self.energy
+            && !self.early
+            && !self.withdrawn
+            && (self.cmd.device.as_str(), self.cmd.channel.as_str()) == ch
+    }
+}
+
+/// A batch's results, from the controller's audit waiter thread to its loop.
+type Audited = (u64, Vec<Result<u64, modalis_audit::AuditError>>);
+
+/// Waits, on a thread of its own, for each batch the loop hands to the audit log, in the
+/// order they were handed (the writer's order too), and passes the results back to the
+/// loop. The loop must not wait for the disk itself: while it did, every station's readings
+/// and due steps waited with it (at 64 stations, 41-47 % of each second, BENCHMARKS.md).
+fn spawn_audit_waiter(
+    done: mpsc::UnboundedSender<Audited>,
+) -> std::io::Result<std::sync::mpsc::Sender<(u64, modalis_audit::BatchReceipt)>> {
+    let (tx, rx) = std::sync::mpsc::channel::<(u64, modalis_audit::BatchReceipt)>();
+    std::thread::Builder::new()
+        .name("modalis-audit-wait".into())
+        .spawn(move || {
+            // Ends when the loop drops its sender (the controller is gone).
+            while let Ok((id, receipt)) = rx.recv() {
+                if done.send((id, receipt.wait())).is_err() {
+                    return;
+                }
+            }
+        })?;
+    Ok(tx)
+}
+
 /// The controller loop's state. Only the controller thread touches it.
 struct Core {
     id: String,
@@ -798,6 +860,13 @@ struct Core {
     last_telemetry: HashMap<String, (u64, u64)>,
     /// Session-end checkpoints still being written, joined before the controller ends.
     checkpoints: Vec<std::thread::JoinHandle<()>>,
+    /// Command batches being written ahead, oldest first ([`InFlight`]).
+    in_flight: std::collections::VecDeque<InFlight>,
+    next_batch: u64,
+    /// To the audit waiter thread ([`spawn_audit_waiter`]).
+    audit_waiter: std::sync::mpsc::Sender<(u64, modalis_audit::BatchReceipt)>,
+    /// From it; the loop takes it while it runs, [`Core::settle`] after.
+    audited: Option<mpsc::UnboundedReceiver<Audited>>,
     /// Which plugins were admitted, for the retained state.
     plugin_trust: PluginTrustState,
     /// How the run before this one ended, reported once at start.
@@ -974,6 +1043,9 @@ impl Core {
             TopicKind::State.qos(),
             TopicKind::State.retained(),
         )?);
+        let (audited_tx, audited) = mpsc::unbounded_channel();
+        let audit_waiter = spawn_audit_waiter(audited_tx)
+            .map_err(|e| ControllerError::Start(format!("the audit waiter thread: {e}")))?;
         let broker = bus_cfg.broker.to_string();
         let bus_cancel = CancellationToken::new();
         let bus = {
@@ -1042,6 +1114,10 @@ impl Core {
             reject_window: (0, 0),
             last_telemetry: HashMap::new(),
             checkpoints: Vec::new(),
+            in_flight: std::collections::VecDeque::new(),
+            next_batch: 0,
+            audit_waiter,
+            audited: Some(audited),
             plugin_trust: config.plugin_trust.state(),
         })
     }
@@ -1054,6 +1130,9 @@ impl Core {
         let Some(mut inbox) = self.inbox.take() else {
             return Err("the bus inbox is gone".into());
         };
+        let Some(mut audited) = self.audited.take() else {
+            return Err("the audit waiter is gone".into());
+        };
         let mut requests_open = true;
         let mut inbox_open = true;
         self.report_previous_run().await;
@@ -1063,6 +1142,13 @@ impl Core {
             let what = tokio::select! {
                 biased;
                 () = cancel.cancelled() => break,
+                // First: it only publishes what is already decided and on disk, and a due
+                // step's lateness runs until its command is out.
+                Some((id, results)) = audited.recv() => {
+                    began = Instant::now();
+                    self.on_audited(id, results).await;
+                    "audit written"
+                }
                 () = sleep_until(wake) => {
                     began = Instant::now();
                     self.on_timer().await;
@@ -1092,7 +1178,7 @@ impl Core {
                         Some(ev) => {
                             let what = bus_event_kind(&ev);
                             self.on_bus(ev).await;
-                            self.drain_inbox(&mut inbox, began).await;
+                            self.drain_inbox(&mut inbox, &mut audited, began).await;
                             what
                         }
                         None => {
@@ -1107,19 +1193,30 @@ impl Core {
             self.on_audit_failure().await;
             self.check_inbound_drops().await;
         }
+        self.audited = Some(audited);
         self.shutdown().await
     }
 
     /// Handles bus events that are already waiting in the same turn, so the commands they
-    /// cause (closed-loop adjustments, mostly) share one audit wait: under load each wait was
-    /// a disk write of 0.3-1.3 ms per adjustment, and the loop spent most of its time in them
-    /// while the next reading, perhaps an over-limit one, queued behind. Bounded in count and
+    /// cause (closed-loop adjustments, mostly) share one audit commit: one batch for the
+    /// writer instead of one per adjustment (when the loop still waited for each commit, this
+    /// was what kept an over-limit reading from queueing behind them). Bounded in count and
     /// time so a due step is not held up, and ended at once by a queued stop, which must not
     /// wait for the next reading.
-    async fn drain_inbox(&mut self, inbox: &mut Inbox, began: Instant) {
+    async fn drain_inbox(
+        &mut self,
+        inbox: &mut Inbox,
+        audited: &mut mpsc::UnboundedReceiver<Audited>,
+        began: Instant,
+    ) {
         for _ in 0..DRAIN_EVENTS {
             if began.elapsed() >= DRAIN_TIME || self.outbox.iter().any(|o| !o.energy) {
                 return;
+            }
+            // Commands whose records are written go out now, not after the drain: a due
+            // step's lateness runs until its command is published.
+            while let Ok((id, results)) = audited.try_recv() {
+                self.on_audited(id, results).await;
             }
             let Some(ev) = inbox.try_recv() else {
                 return;
@@ -1587,60 +1684,178 @@ impl Core {
         });
     }
 
-    /// Audits every queued command in one batch and publishes them in order. An energy
-    /// command is published only once the audit log has it on disk, and is not sent at all if
-    /// the log did not take it. Stops (a reaction's stop, every stop of an e-stop) are
-    /// published *before* the batch is written, then written in the same turn: a stop takes
-    /// energy away, so holding it back for the disk protects nobody, and the disk write was
-    /// most of a reaction's latency (BENCHMARKS.md). A stop goes early
-    /// unless an energy command for the same channel is queued before it (that one must stay
-    /// first, so it waits with it). The window this opens: a crash between the publish and
-    /// the write loses the stop's record (never an energy command's); the device's telemetry
-    /// and its ack still say it stopped.
+    /// Hands every queued command's record to the audit log in one batch and publishes the
+    /// commands in order. An energy command is published only once the audit log has it on
+    /// disk ([`Core::on_audited`]), and is not sent at all if the log did not take it. The
+    /// loop does not wait for the disk meanwhile: it goes on with readings and due steps, and
+    /// the batch is published when its records are written, after every batch before it.
+    ///
+    /// Stops (a reaction's stop, every stop of an e-stop) are published at once, *before*
+    /// their records are written: a stop takes energy away, so holding it back for the disk
+    /// protects nobody, and the disk write was most of a reaction's latency (BENCHMARKS.md).
+    /// Nor does a stop wait behind an energy command for its channel that is queued before it
+    /// and not yet out (in this batch or one still being written): that command is withdrawn
+    /// and never sent, and the log says so (`run.superseded`) after its record. The window
+    /// this opens: a crash between a stop's publish and its write loses the stop's record
+    /// (never an energy command's); the device's telemetry and its ack still say it stopped.
     async fn flush(&mut self) {
         if self.outbox.is_empty() {
             return;
         }
         let out = std::mem::take(&mut self.outbox);
-        let early: Vec<bool> = {
-            // The channels an energy command was queued for so far in the batch.
-            let mut energy_first: Vec<(&str, &str)> = Vec::new();
-            out.iter()
-                .map(|o| {
-                    let ch = (o.cmd.device.as_str(), o.cmd.channel.as_str());
-                    if o.energy {
-                        energy_first.push(ch);
-                        false
-                    } else {
-                        !energy_first.contains(&ch)
-                    }
-                })
-                .collect()
-        };
-        let (entries, mut rest): (Vec<Entry>, Vec<_>) = out
-            .into_iter()
-            .map(|o| (o.entry, (o.cmd, o.energy, o.due)))
-            .unzip();
-        for ((cmd, energy, due), _) in rest.iter_mut().zip(&early).filter(|(_, e)| **e) {
-            self.publish_command(cmd, *energy, due.take()).await;
+        let mut batch: Vec<Queued> = Vec::with_capacity(out.len());
+        let mut entries = Vec::with_capacity(out.len());
+        let mut withdrawn: Vec<(String, String)> = Vec::new();
+        for o in out {
+            if !o.energy {
+                let ch = (o.cmd.device.as_str(), o.cmd.channel.as_str());
+                let earlier = self
+                    .in_flight
+                    .iter_mut()
+                    .flat_map(|b| b.cmds.iter_mut())
+                    .chain(batch.iter_mut());
+                for q in earlier.filter(|q| q.pending_energy_for(ch)) {
+                    q.withdrawn = true;
+                    withdrawn.push((q.cmd.command_id.clone(), o.cmd.command_id.clone()));
+                }
+            }
+            entries.push(o.entry);
+            batch.push(Queued {
+                early: !o.energy,
+                cmd: o.cmd,
+                energy: o.energy,
+                due: o.due,
+                withdrawn: false,
+            });
         }
-        let audited = self.audit.append_batch(entries);
-        for ((result, (cmd, energy, due)), early) in audited.into_iter().zip(rest).zip(early) {
-            if let Err(e) = result {
-                self.stats.audit_failures += 1;
-                tracing::error!(error = %e, command = %cmd.command_id, "audit append failed");
-                self.audit_failed(e.to_string());
-                if energy {
+        for q in batch.iter_mut().filter(|q| q.early) {
+            self.publish_command(&q.cmd, q.energy, q.due.take()).await;
+        }
+        let id = self.next_batch;
+        self.next_batch += 1;
+        let receipt = self.audit.append_batch_deferred(entries);
+        let results = match self.audit_waiter.send((id, receipt)) {
+            Ok(()) => None,
+            // The waiter thread is gone (it cannot be, short of a panic in it): wait here, as
+            // the loop did before it had one.
+            Err(std::sync::mpsc::SendError((_, receipt))) => {
+                tracing::error!("the audit waiter thread has ended; waiting in the loop");
+                Some(receipt.wait())
+            }
+        };
+        self.in_flight.push_back(InFlight {
+            id,
+            cmds: batch,
+            results,
+        });
+        // After the batch: each withdrawn command's record comes before the note that it was
+        // never sent.
+        for (command, by) in withdrawn {
+            self.note_withdrawn(&command, &by);
+        }
+        if self.in_flight.back().is_some_and(|b| b.results.is_some()) {
+            self.publish_audited().await;
+        }
+    }
+
+    /// Records that an energy command was withdrawn unsent, superseded by stop `by`.
+    fn note_withdrawn(&mut self, command: &str, by: &str) {
+        let Some(q) = self
+            .in_flight
+            .iter()
+            .flat_map(|b| b.cmds.iter())
+            .find(|q| q.cmd.command_id == command)
+        else {
+            return;
+        };
+        self.stats.withdrawn += 1;
+        let (session, device) = (q.cmd.session.clone(), q.cmd.device.clone());
+        let payload = serde_json::json!({
+            "command_id": command,
+            "channel": q.cmd.channel,
+            "superseded_by": by,
+            "reason": "a stop for its channel came while its audit record was being written; it was never sent",
+            "source": rules::RUN_SUPERSEDED.source,
+        });
+        let mut e = Entry::new(
+            Actor::Controller,
+            Event::GovernorDecision {
+                rule: rules::RUN_SUPERSEDED.id.to_string(),
+                decision: AuditDecision::Stop,
+            },
+        )
+        .device(device)
+        .outcome(Outcome::Warning)
+        .payload(payload);
+        if let Some(s) = session {
+            e = e.session(s);
+        }
+        self.note(e);
+    }
+
+    /// A batch's records are written (or failed): publishes it, and every finished batch
+    /// after it, once the batches before it are out.
+    async fn on_audited(&mut self, id: u64, results: Vec<Result<u64, modalis_audit::AuditError>>) {
+        match self.in_flight.iter_mut().find(|b| b.id == id) {
+            Some(b) => b.results = Some(results),
+            None => tracing::error!(batch = id, "results for an audit batch nobody waits for"),
+        }
+        self.publish_audited().await;
+    }
+
+    async fn publish_audited(&mut self) {
+        while self.in_flight.front().is_some_and(|b| b.results.is_some()) {
+            let Some(b) = self.in_flight.pop_front() else {
+                return;
+            };
+            let results = b.results.unwrap_or_default();
+            let mut results = results.into_iter();
+            for q in b.cmds {
+                let Queued {
+                    cmd,
+                    energy,
+                    due,
+                    early,
+                    withdrawn,
+                } = q;
+                let result = results
+                    .next()
+                    .unwrap_or(Err(modalis_audit::AuditError::Closed));
+                if let Err(e) = result {
+                    self.stats.audit_failures += 1;
+                    tracing::error!(error = %e, command = %cmd.command_id, "audit append failed");
+                    self.audit_failed(e.to_string());
+                    if energy {
+                        continue;
+                    }
+                } else if energy && (self.audit_broken.is_some() || self.audit_failure.is_some()) {
+                    // Written this time, but the log failed before: stay stopped.
                     continue;
                 }
-            } else if energy && self.audit_broken.is_some() {
-                // Written this time, but the log failed before: stay stopped.
-                continue;
-            }
-            if !early {
-                self.publish_command(&cmd, energy, due).await;
+                if !early && !withdrawn {
+                    self.publish_command(&cmd, energy, due).await;
+                }
             }
         }
+        // A failure found here holds back every later energy command (above) until the loop
+        // acts on it at the end of the turn (`on_audit_failure`: every source stopped).
+    }
+
+    /// Waits until every batch handed to the audit log is written and published (or
+    /// refused): before the controller says it is offline and closes the log.
+    async fn settle(&mut self) {
+        let Some(mut audited) = self.audited.take() else {
+            return;
+        };
+        while !self.in_flight.is_empty() {
+            self.flush().await;
+            match audited.recv().await {
+                Some((id, results)) => self.on_audited(id, results).await,
+                None => break,
+            }
+        }
+        self.flush().await;
+        self.audited = Some(audited);
     }
 
     /// Publishes one command and tracks it for its ack (and, for a step, its lateness).
@@ -3288,6 +3503,7 @@ impl Core {
             .await;
         }
         self.flush().await;
+        self.settle().await;
         let state = ControllerState {
             seq: self.seq.next().seq,
             ts_ms: wall_clock_ms(),
@@ -3310,7 +3526,7 @@ impl Core {
         .payload(serde_json::to_value(self.stats).unwrap_or(serde_json::Value::Null));
         // A log that failed during the run is reported even if the last records fit: the
         // record of this run has a gap, and whoever restarts the controller must know.
-        let mut result = match &self.audit_broken {
+        let mut result = match self.audit_broken.as_ref().or(self.audit_failure.as_ref()) {
             Some(why) => Err(format!(
                 "audit: the log could not be written during this run: {why}"
             )),

@@ -1446,6 +1446,143 @@ async fn a_full_disk_stops_every_source_raises_a_high_alarm_and_sends_no_unaudit
     assert!(received.iter().any(|(_, stop)| *stop), "no stop was sent");
 }
 
+/// A disk that takes 250 ms for every commit (a stalled disk, a busy SAN): energy commands
+/// wait for their records, but nothing else does. The loop goes on reading telemetry, so an
+/// over-temperature reading is stopped within one telemetry period, and a console e-stop
+/// stops every source at once, although a lease renewal for each energised channel is always
+/// still being written (renewals every 100 ms): those are withdrawn, never sent, and the log
+/// says so after their records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_disk_holds_back_energy_commands_but_never_a_stop() {
+    const COMMIT: Duration = Duration::from_millis(250);
+    let faults = BTreeMap::from([(
+        "mire-pads".to_string(),
+        Faults {
+            // As in over_temperature_stops_that_source_within_one_telemetry_period.
+            overheating_gain: Some(10.0),
+            ..Faults::default()
+        },
+    )]);
+    let rig = Rig::start_with(
+        TestBroker::embedded().await,
+        "e2e-slow-disk",
+        Some(protocol_text(&format!("{HEAT}{TENS}"))),
+        60,
+        faults,
+        |c| {
+            c.audit = AuditConfig {
+                slow_writes: Some(COMMIT),
+                ..AuditConfig::default()
+            };
+            c.renew_every = Duration::from_millis(100);
+        },
+    )
+    .await;
+    let p = rig.run().await;
+    rig.energised("mire-pads").await;
+    rig.energised("tens-2ch").await;
+    let hot = rig
+        .watcher
+        .wait_for("skin temperature over the 41 C cut-off", |s| {
+            matches!(&s.message, Inbound::Telemetry(t)
+                if t.device == "mire-pads" && t.delivering && matches!(t.measurement, Measurement::SkinTempC(c) if c > 41.0))
+        })
+        .await;
+    let Inbound::Telemetry(t) = &hot.message else {
+        unreachable!()
+    };
+    let channel = t.channel.clone();
+    let stop = rig
+        .watcher
+        .wait_for("the stop", |s| {
+            s.at >= hot.at && is_stop_for(s, "mire-pads", &channel)
+        })
+        .await;
+    let took = stop.at.duration_since(hot.at);
+    let period = SimOptions::default().telemetry_period;
+    println!("slow disk: over-temperature stop {took:?} after the reading ({COMMIT:?} commits)");
+    assert!(
+        took < period,
+        "the stop came {took:?} after the hot reading, with {COMMIT:?} commits"
+    );
+    // The TENS unit still delivers: an e-stop from the console must stop it (and the other
+    // pad) at once, not behind the renewals being written.
+    assert!(rig.any_energised(), "nothing left delivering to e-stop");
+    // The e-stop's reply waits for its session-end records (written before the controller
+    // answers), so the devices are watched while it is being served.
+    let pressed = Instant::now();
+    let (served, took) = tokio::join!(
+        tokio::time::timeout(WAIT, rig.ctl().estop("console", "test")),
+        rig.all_off(pressed, Duration::from_millis(100))
+    );
+    served.expect("the e-stop is served").expect("e-stop");
+    println!("slow disk: every source off {took:?} after the e-stop");
+    assert!(
+        took < COMMIT / 2,
+        "every source off only {took:?} after the e-stop, with {COMMIT:?} commits"
+    );
+    let snap = rig.ctl().snapshot(&p.session).await.expect("snapshot");
+    assert_eq!(snap.state, SessionState::EStopped, "{snap:?}");
+    let st = rig.ctl().stats().await.expect("stats");
+    println!("slow disk: controller {st:?}");
+    assert!(
+        st.withdrawn > 0,
+        "no renewal was being written at the e-stop: {st:?}"
+    );
+    let received: std::collections::BTreeSet<String> = rig
+        .watcher
+        .all()
+        .into_iter()
+        .filter_map(|s| match s.message {
+            Inbound::Command(c) => Some(c.command_id),
+            _ => None,
+        })
+        .collect();
+    let (dir, _keep) = rig.finish().await;
+    let recs = audit_events(&dir);
+    let withdrawn: Vec<(usize, String)> = recs
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| matches!(&r.event, Event::GovernorDecision { rule, .. } if rule == "run.superseded"))
+        .map(|(i, r)| {
+            let id = r.payload["command_id"].as_str().expect("command_id").to_string();
+            (i, id)
+        })
+        .collect();
+    assert_eq!(
+        withdrawn.len() as u64,
+        st.withdrawn,
+        "one record per withdrawn command"
+    );
+    for (at, id) in &withdrawn {
+        assert!(
+            !received.contains(id),
+            "withdrawn command {id} reached a device"
+        );
+        let recorded = recs
+            .iter()
+            .position(|r| matches!(&r.event, Event::Command { command_id } if command_id == id))
+            .unwrap_or_else(|| panic!("withdrawn command {id} has no record"));
+        assert!(recorded < *at, "{id} was withdrawn before it was recorded");
+    }
+    // Nothing a device received is missing from the log.
+    let logged: std::collections::BTreeSet<&str> = recs
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::Command { command_id } => Some(command_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    let missing: Vec<&String> = received
+        .iter()
+        .filter(|id| !logged.contains(id.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "commands received but not in the log: {missing:?}"
+    );
+}
+
 /// A flooder's reading: the TENS unit's ch1, an in-range impedance, as raw JSON (the flood
 /// tests publish bytes, as a misbehaving device would).
 fn flood_reading(seq: u64) -> String {

@@ -277,3 +277,53 @@ fn an_injected_full_disk_stays_full_and_loses_nothing_already_written() {
     assert!(r.is_ok(), "{r}");
     assert_eq!((r.confirmed(), r.records), (3, 4), "{r}");
 }
+
+#[test]
+fn deferred_batches_return_at_once_and_complete_in_order_on_a_slow_disk() {
+    // The controller hands its command batches to the log without waiting and publishes each
+    // when its receipt completes: the hand-over must not wait for the disk, and receipts must
+    // complete in the order the batches were appended, with the numbers a plain batch gets.
+    const COMMIT: Duration = Duration::from_millis(100);
+    let dir = TempDir::new().expect("tempdir");
+    let config = modalis_audit::AuditConfig {
+        slow_writes: Some(COMMIT),
+        ..manual_checkpoints()
+    };
+    let log = AuditLog::open_with(dir.path(), "clinic-1", config).expect("open");
+    let handed = std::time::Instant::now();
+    let first = log.append_batch_deferred((0..3).map(entry).collect());
+    let second = log.append_batch_deferred((3..5).map(entry).collect());
+    let took = handed.elapsed();
+    assert!(
+        took < COMMIT,
+        "handing two batches over waited {took:?}, as long as a commit ({COMMIT:?})"
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Waited for on two threads, the second batch first: each gets its own numbers.
+    let t2 = {
+        let tx = tx.clone();
+        std::thread::spawn(move || tx.send((2, second.wait())))
+    };
+    let t1 = std::thread::spawn(move || tx.send((1, first.wait())));
+    let got: Vec<(u8, Vec<Result<u64, AuditError>>)> = rx.iter().take(2).collect();
+    t1.join().expect("thread").expect("sent");
+    t2.join().expect("thread").expect("sent");
+    let numbers = |k: u8| -> Vec<u64> {
+        got.iter()
+            .find(|(n, _)| *n == k)
+            .map(|(_, r)| r.iter().map(|r| *r.as_ref().expect("written")).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(numbers(1), vec![0, 1, 2]);
+    assert_eq!(numbers(2), vec![3, 4]);
+    assert!(
+        handed.elapsed() >= COMMIT,
+        "the receipts completed before a commit could have"
+    );
+    // An empty batch completes at once, with nothing.
+    assert!(log.append_batch_deferred(Vec::new()).wait().is_empty());
+    log.close().expect("close");
+    let r = report(dir.path());
+    assert!(r.is_ok(), "{r}");
+    assert_eq!(r.records, 5);
+}
