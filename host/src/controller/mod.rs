@@ -762,9 +762,8 @@ struct Outgoing {
 }
 
 /// A batch of commands whose audit records the writer has and is committing
-/// ([`Core::flush`]). Its energy commands, and any stop that had to stay behind one of them,
-/// are published when the records are on disk ([`Core::on_audited`]); its early stops are
-/// already out.
+/// ([`Core::flush`]). Its energy commands are published when the records are on disk
+/// ([`Core::on_audited`]); its stops are already out.
 struct InFlight {
     id: u64,
     cmds: Vec<Queued>,
@@ -776,10 +775,10 @@ struct InFlight {
 /// One command of an [`InFlight`] batch.
 struct Queued {
     cmd: DeviceCommand,
+    /// An energy command, published once its record is written; else a stop, published
+    /// before.
     energy: bool,
     due: Option<Due>,
-    /// Published before its record was written (a stop).
-    early: bool,
     /// An energy command a stop for its channel superseded before it was published: never
     /// sent ([`rules::RUN_SUPERSEDED`]).
     withdrawn: bool,
@@ -789,7 +788,6 @@ impl Queued {
     /// An energy command not yet out, that a stop for `ch` would have to wait for.
     fn pending_energy_for(&self, ch: (&str, &str)) -> bool {
         self.energy
-            && !self.early
             && !self.withdrawn
             && (self.cmd.device.as_str(), self.cmd.channel.as_str()) == ch
     }
@@ -1705,7 +1703,7 @@ impl Core {
         let out = std::mem::take(&mut self.outbox);
         let mut batch: Vec<Queued> = Vec::with_capacity(out.len());
         let mut entries = Vec::with_capacity(out.len());
-        let mut withdrawn: Vec<(String, String)> = Vec::new();
+        let mut withdrawn: Vec<Entry> = Vec::new();
         for o in out {
             if !o.energy {
                 let ch = (o.cmd.device.as_str(), o.cmd.channel.as_str());
@@ -1716,19 +1714,18 @@ impl Core {
                     .chain(batch.iter_mut());
                 for q in earlier.filter(|q| q.pending_energy_for(ch)) {
                     q.withdrawn = true;
-                    withdrawn.push((q.cmd.command_id.clone(), o.cmd.command_id.clone()));
+                    withdrawn.push(superseded_entry(q, &o.cmd.command_id));
                 }
             }
             entries.push(o.entry);
             batch.push(Queued {
-                early: !o.energy,
                 cmd: o.cmd,
                 energy: o.energy,
                 due: o.due,
                 withdrawn: false,
             });
         }
-        for q in batch.iter_mut().filter(|q| q.early) {
+        for q in batch.iter_mut().filter(|q| !q.energy) {
             self.publish_command(&q.cmd, q.energy, q.due.take()).await;
         }
         let id = self.next_batch;
@@ -1750,47 +1747,13 @@ impl Core {
         });
         // After the batch: each withdrawn command's record comes before the note that it was
         // never sent.
-        for (command, by) in withdrawn {
-            self.note_withdrawn(&command, &by);
+        for e in withdrawn {
+            self.stats.withdrawn += 1;
+            self.note(e);
         }
         if self.in_flight.back().is_some_and(|b| b.results.is_some()) {
             self.publish_audited().await;
         }
-    }
-
-    /// Records that an energy command was withdrawn unsent, superseded by stop `by`.
-    fn note_withdrawn(&mut self, command: &str, by: &str) {
-        let Some(q) = self
-            .in_flight
-            .iter()
-            .flat_map(|b| b.cmds.iter())
-            .find(|q| q.cmd.command_id == command)
-        else {
-            return;
-        };
-        self.stats.withdrawn += 1;
-        let (session, device) = (q.cmd.session.clone(), q.cmd.device.clone());
-        let payload = serde_json::json!({
-            "command_id": command,
-            "channel": q.cmd.channel,
-            "superseded_by": by,
-            "reason": "a stop for its channel came while its audit record was being written; it was never sent",
-            "source": rules::RUN_SUPERSEDED.source,
-        });
-        let mut e = Entry::new(
-            Actor::Controller,
-            Event::GovernorDecision {
-                rule: rules::RUN_SUPERSEDED.id.to_string(),
-                decision: AuditDecision::Stop,
-            },
-        )
-        .device(device)
-        .outcome(Outcome::Warning)
-        .payload(payload);
-        if let Some(s) = session {
-            e = e.session(s);
-        }
-        self.note(e);
     }
 
     /// A batch's records are written (or failed): publishes it, and every finished batch
@@ -1815,7 +1778,6 @@ impl Core {
                     cmd,
                     energy,
                     due,
-                    early,
                     withdrawn,
                 } = q;
                 let result = results
@@ -1832,7 +1794,8 @@ impl Core {
                     // Written this time, but the log failed before: stay stopped.
                     continue;
                 }
-                if !early && !withdrawn {
+                // Stops went out before their records.
+                if energy && !withdrawn {
                     self.publish_command(&cmd, energy, due).await;
                 }
             }
@@ -1848,13 +1811,11 @@ impl Core {
             return;
         };
         while !self.in_flight.is_empty() {
-            self.flush().await;
             match audited.recv().await {
                 Some((id, results)) => self.on_audited(id, results).await,
                 None => break,
             }
         }
-        self.flush().await;
         self.audited = Some(audited);
     }
 
@@ -3554,6 +3515,32 @@ impl Core {
             t.join().await;
         }
         result
+    }
+}
+
+/// The record that energy command `q` was withdrawn unsent, superseded by stop `by`
+/// ([`rules::RUN_SUPERSEDED`]); written after `q`'s own record.
+fn superseded_entry(q: &Queued, by: &str) -> Entry {
+    let payload = serde_json::json!({
+        "command_id": q.cmd.command_id,
+        "channel": q.cmd.channel,
+        "superseded_by": by,
+        "reason": "a stop for its channel came while its audit record was being written; it was never sent",
+        "source": rules::RUN_SUPERSEDED.source,
+    });
+    let e = Entry::new(
+        Actor::Controller,
+        Event::GovernorDecision {
+            rule: rules::RUN_SUPERSEDED.id.to_string(),
+            decision: AuditDecision::Stop,
+        },
+    )
+    .device(q.cmd.device.clone())
+    .outcome(Outcome::Warning)
+    .payload(payload);
+    match &q.cmd.session {
+        Some(s) => e.session(s.clone()),
+        None => e,
     }
 }
 

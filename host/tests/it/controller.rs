@@ -414,6 +414,30 @@ impl Rig {
             .expect("simulator running");
     }
 
+    /// Waits for a heat pad reading over the dpn patient's 41 C cut-off (their feet are
+    /// insensate, clinical-facts.md) and for the stop of that pad that follows it: the reading,
+    /// the stop and the pad's channel.
+    async fn over_cutoff_and_its_stop(&self) -> (Seen, Seen, String) {
+        let hot = self
+            .watcher
+            .wait_for("skin temperature over the 41 C cut-off", |s| {
+                matches!(&s.message, Inbound::Telemetry(t)
+                    if t.device == "mire-pads" && t.delivering && matches!(t.measurement, Measurement::SkinTempC(c) if c > 41.0))
+            })
+            .await;
+        let Inbound::Telemetry(t) = &hot.message else {
+            unreachable!()
+        };
+        let channel = t.channel.clone();
+        let stop = self
+            .watcher
+            .wait_for("the stop", |s| {
+                s.at >= hot.at && is_stop_for(s, "mire-pads", &channel)
+            })
+            .await;
+        (hot, stop, channel)
+    }
+
     fn any_energised(&self) -> bool {
         let sim = self.sim();
         sim.devices()
@@ -702,24 +726,7 @@ async fn over_temperature_stops_that_source_within_one_telemetry_period() {
     )
     .await;
     let p = rig.run().await;
-    // The dpn patient's feet are insensate: cut-off 41 C (clinical-facts.md).
-    let hot = rig
-        .watcher
-        .wait_for("skin temperature over the 41 C cut-off", |s| {
-            matches!(&s.message, Inbound::Telemetry(t)
-                if t.device == "mire-pads" && t.delivering && matches!(t.measurement, Measurement::SkinTempC(c) if c > 41.0))
-        })
-        .await;
-    let Inbound::Telemetry(t) = &hot.message else {
-        unreachable!()
-    };
-    let channel = t.channel.clone();
-    let stop = rig
-        .watcher
-        .wait_for("the stop", |s| {
-            s.at >= hot.at && is_stop_for(s, "mire-pads", &channel)
-        })
-        .await;
+    let (hot, stop, channel) = rig.over_cutoff_and_its_stop().await;
     let Inbound::Command(stop_cmd) = &stop.message else {
         unreachable!()
     };
@@ -1481,23 +1488,7 @@ async fn a_slow_disk_holds_back_energy_commands_but_never_a_stop() {
     let p = rig.run().await;
     rig.energised("mire-pads").await;
     rig.energised("tens-2ch").await;
-    let hot = rig
-        .watcher
-        .wait_for("skin temperature over the 41 C cut-off", |s| {
-            matches!(&s.message, Inbound::Telemetry(t)
-                if t.device == "mire-pads" && t.delivering && matches!(t.measurement, Measurement::SkinTempC(c) if c > 41.0))
-        })
-        .await;
-    let Inbound::Telemetry(t) = &hot.message else {
-        unreachable!()
-    };
-    let channel = t.channel.clone();
-    let stop = rig
-        .watcher
-        .wait_for("the stop", |s| {
-            s.at >= hot.at && is_stop_for(s, "mire-pads", &channel)
-        })
-        .await;
+    let (hot, stop, _) = rig.over_cutoff_and_its_stop().await;
     let took = stop.at.duration_since(hot.at);
     let period = SimOptions::default().telemetry_period;
     println!("slow disk: over-temperature stop {took:?} after the reading ({COMMIT:?} commits)");
