@@ -405,7 +405,18 @@ struct BodyRef<'a> {
     device: &'a Option<String>,
     event: &'a Event,
     outcome: Outcome,
-    payload: &'a Value,
+    payload: PayloadRef<'a>,
+}
+
+/// A body's payload as the caller gave it: a JSON value, or JSON text serialised from a typed
+/// struct on the caller's thread (telemetry, tens of thousands a second: building a `Value`
+/// map only to serialise it again cost the controller's loop and the writer about a quarter of
+/// their time per reading, see BENCHMARKS.md). Both serialise to the same JSON document.
+#[derive(Serialize)]
+#[serde(untagged)]
+pub(crate) enum PayloadRef<'a> {
+    Value(&'a Value),
+    Json(&'a serde_json::value::RawValue),
 }
 
 /// Encodes a record into its stored value and returns it with its hash.
@@ -416,6 +427,7 @@ pub(crate) fn encode(
     mono_ns: u64,
     controller: &str,
     entry: &Entry,
+    json: Option<&serde_json::value::RawValue>,
 ) -> Result<(Vec<u8>, ChainHash), serde_json::Error> {
     let body = BodyRef {
         v: FORMAT_VERSION,
@@ -429,7 +441,7 @@ pub(crate) fn encode(
         device: &entry.device,
         event: &entry.event,
         outcome: entry.outcome,
-        payload: &entry.payload,
+        payload: json.map_or(PayloadRef::Value(&entry.payload), PayloadRef::Json),
     };
     let mut value = vec![0u8; 32];
     serde_json::to_writer(&mut value, &body)?;

@@ -629,6 +629,12 @@ fn from_json<T: DeserializeOwned>(
             message: e.to_string(),
         })?;
     check_schema(topic, kind, &value)?;
+    // Plain serde first: tracking the path of every field costs a good share of a reading's
+    // decode (BENCHMARKS.md), and the path is only wanted for the error. A failure is read
+    // again with the path tracked; both see the same value, so they fail alike.
+    if let Ok(m) = T::deserialize(&value) {
+        return Ok(m);
+    }
     serde_path_to_error::deserialize(value).map_err(|e| {
         let mut pointer = String::new();
         for segment in e.path().iter() {

@@ -2348,8 +2348,7 @@ impl Core {
         if !self.telemetry_in_order(&t) {
             return;
         }
-        let payload = serde_json::to_value(&t).unwrap_or(serde_json::Value::Null);
-        if let Err(e) = self.audit.append_telemetry(&t.device, Some(&id), payload) {
+        if let Err(e) = self.audit.append_telemetry_typed(&t.device, Some(&id), &t) {
             self.stats.audit_failures += 1;
             tracing::error!(error = %e, "telemetry not audited");
         }

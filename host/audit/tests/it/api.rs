@@ -175,6 +175,82 @@ fn telemetry_is_written_within_the_batch_delay_and_by_flush_pending() {
 }
 
 #[test]
+fn typed_telemetry_reads_back_as_its_value_and_keeps_its_place() {
+    #[derive(serde::Serialize)]
+    struct Reading {
+        seq: u64,
+        channel: &'static str,
+        measurement: Measurement,
+        lease_id: Option<u64>,
+    }
+    #[derive(serde::Serialize)]
+    #[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+    enum Measurement {
+        ImpedanceOhm(f64),
+    }
+    let dir = TempDir::new().expect("tempdir");
+    let log = AuditLog::open(dir.path(), "clinic-1").expect("open");
+    let reading = Reading {
+        seq: 7,
+        channel: "ch1",
+        measurement: Measurement::ImpedanceOhm(1234.5),
+        lease_id: None,
+    };
+    log.append(entry(0)).expect("write-ahead record");
+    log.append_telemetry_typed("tens-2", Some("s9"), &reading)
+        .expect("queued");
+    log.append_queued(entry(5)).expect("queued record");
+    log.append_telemetry("tens-2", Some("s9"), json!({ "seq": 8 }))
+        .expect("queued");
+    assert_eq!(log.flush_pending().expect("flush"), 4);
+    // A payload serde cannot write is refused at the call, not lost in the writer.
+    let bad: std::collections::HashMap<(u8, u8), u8> = [((1, 2), 3)].into();
+    assert!(matches!(
+        log.append_telemetry_typed("tens-2", None, &bad),
+        Err(AuditError::Encode(_))
+    ));
+    log.close().expect("close");
+
+    let records: Vec<_> = AuditReader::open(dir.path())
+        .expect("reader")
+        .records()
+        .collect::<Result<_, _>>()
+        .expect("records read back");
+    let kinds: Vec<_> = records.iter().map(|r| (r.seq, r.event.kind())).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (0, "command"),
+            (1, "telemetry"),
+            (2, "command"),
+            (3, "telemetry")
+        ],
+        "{records:#?}"
+    );
+    let typed = &records[1];
+    assert_eq!(
+        typed.actor,
+        Actor::Device {
+            id: "tens-2".into()
+        }
+    );
+    assert_eq!(typed.session.as_deref(), Some("s9"));
+    assert_eq!(typed.device.as_deref(), Some("tens-2"));
+    assert_eq!(typed.outcome, Outcome::Ok);
+    assert_eq!(
+        typed.payload,
+        serde_json::to_value(&reading).expect("the same reading as a Value"),
+    );
+    assert_eq!(
+        typed.payload,
+        json!({"seq": 7, "channel": "ch1", "measurement": {"kind": "impedance_ohm", "value": 1234.5}, "lease_id": null})
+    );
+    let report = report(dir.path());
+    assert_eq!(report.problem, None);
+    assert_eq!(report.records, 4);
+}
+
+#[test]
 fn follow_sees_records_as_they_are_appended() {
     let dir = TempDir::new().expect("tempdir");
     let log = AuditLog::open(dir.path(), "clinic-1").expect("open");
