@@ -37,6 +37,11 @@
 //! times and quote medians. No figure here is asserted: the benchmark fails only when the
 //! system misbehaves (a stop that never comes, an audit log that does not verify).
 
+// The controller binary's allocator (src/main.rs), so that the controller measured here
+// allocates as the shipped one does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod common;
 
 use std::path::{Path, PathBuf};

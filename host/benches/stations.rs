@@ -22,6 +22,11 @@
 //! One run is one sample of a noisy 2-core machine: run it a few times and quote medians.
 //! `RUST_LOG` sets the log filter (default `warn`: alarms are logged).
 
+// The controller binary's allocator (src/main.rs), so that the controller measured here
+// allocates as the shipped one does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 // The e2e benchmark's helpers; this one uses only the profile renaming.
 #[allow(dead_code)]
 mod common;
