@@ -9,6 +9,10 @@
 //! Each figure is the median of several runs, each in a fresh directory. Run with
 //! `cargo bench -p modalis-audit --bench audit`. Set `AUDIT_BENCH_DIR` to measure on another
 //! disk (default: the system temporary directory).
+//!
+//! Memory instead: `AUDIT_BENCH_SOAK=log` (or `=sled`, the floor) runs one long soak at a
+//! fixed rate and prints the process's RSS as it goes (`AUDIT_BENCH_SOAK_S`, default 60;
+//! `AUDIT_BENCH_SOAK_RATE`, default 40 000 records/s).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -157,6 +161,145 @@ fn checkpoint_ms() -> f64 {
     median(times)
 }
 
+/// Resident memory of this process, MiB (Linux).
+fn rss_mib() -> Option<f64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: f64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096.0 / (1024.0 * 1024.0))
+}
+
+/// A reading as the controller audits it (`append_telemetry_typed` of the MQTT payload).
+#[derive(serde::Serialize)]
+struct Reading<'a> {
+    seq: u64,
+    ts_ms: u64,
+    device: &'a str,
+    channel: &'a str,
+    measurement: Measurement<'a>,
+    delivering: bool,
+    lease_id: Option<u64>,
+}
+
+#[derive(serde::Serialize)]
+struct Measurement<'a> {
+    kind: &'a str,
+    value: f64,
+}
+
+/// Memory over a long run at a fixed rate: `AUDIT_BENCH_SOAK=log` appends telemetry through
+/// the audit log, `AUDIT_BENCH_SOAK=sled` inserts values of the same size straight into a
+/// sled tree with the log's cache size, group-committed the same way. One per process, so
+/// neither inherits the other's freed memory. Prints RSS every few seconds and the growth
+/// after the first 10 s (sled's cache fills in the first seconds), per second and per record.
+fn soak(kind: &str) {
+    let secs: u64 = std::env::var("AUDIT_BENCH_SOAK_S")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    let per_s: u64 = std::env::var("AUDIT_BENCH_SOAK_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40_000);
+    const BATCH: u64 = 400;
+    let dir = fresh();
+    let mut append: Box<dyn FnMut(u64)> = match kind {
+        "log" => {
+            let log = AuditLog::open(dir.path(), "bench").expect("open the audit log");
+            Box::new(move |i| {
+                let r = Reading {
+                    seq: i,
+                    ts_ms: 1_765_000_000_000 + i,
+                    device: "tens-2ch-tp00",
+                    channel: "ch1",
+                    measurement: Measurement {
+                        kind: "impedance_ohm",
+                        value: 1200.0,
+                    },
+                    delivering: true,
+                    lease_id: Some(3),
+                };
+                log.append_telemetry_typed("tens-2ch-tp00", Some("throughput-tp00"), &r)
+                    .expect("telemetry");
+                if i % BATCH == BATCH - 1 {
+                    log.flush_pending().expect("flush");
+                }
+            })
+        }
+        "sled" => {
+            // The audit log's own cache size (store.rs, CACHE_BYTES), not sled's 1 GiB default.
+            let db = sled::Config::new()
+                .path(dir.path().join("sled"))
+                .cache_capacity(64 * 1024 * 1024)
+                .open()
+                .expect("sled");
+            let tree = db.open_tree("records").expect("tree");
+            let value = vec![b'x'; record_size()];
+            let mut batch = sled::Batch::default();
+            Box::new(move |i| {
+                batch.insert(&i.to_be_bytes(), value.as_slice());
+                if i % BATCH == BATCH - 1 {
+                    tree.apply_batch(std::mem::take(&mut batch)).expect("batch");
+                    db.flush().expect("flush");
+                }
+            })
+        }
+        other => {
+            eprintln!("AUDIT_BENCH_SOAK={other}: expected `log` or `sled`");
+            std::process::exit(2);
+        }
+    };
+    println!(
+        "soak ({kind}): {per_s} records/s for {secs} s, directory {}",
+        base_dir().display()
+    );
+    let start = Instant::now();
+    let mut n = 0u64;
+    let mut samples: Vec<(f64, u64, f64)> = Vec::new();
+    let mut next_sample = 0.0;
+    while start.elapsed() < Duration::from_secs(secs) {
+        for _ in 0..BATCH {
+            append(n);
+            n += 1;
+        }
+        // Hold the rate: sleep while ahead of it.
+        let due = Duration::from_secs_f64(n as f64 / per_s as f64);
+        if let Some(ahead) = due.checked_sub(start.elapsed()) {
+            std::thread::sleep(ahead);
+        }
+        let t = start.elapsed().as_secs_f64();
+        if t >= next_sample {
+            if let Some(mib) = rss_mib() {
+                samples.push((t, n, mib));
+            }
+            next_sample += 5.0;
+        }
+    }
+    drop(append);
+    let line: Vec<String> = samples
+        .iter()
+        .map(|(t, _, mib)| format!("{t:.0} s {mib:.0}"))
+        .collect();
+    println!("  RSS over time  {} (MiB)", line.join(", "));
+    let after = samples.iter().find(|s| s.0 >= 10.0);
+    if let (Some(a), Some(b)) = (after, samples.last())
+        && b.1 > a.1
+    {
+        let grew = b.2 - a.2;
+        println!(
+            "  after 10 s     {:+.1} MiB over {:.0} s ({:+.2} MiB/s), {} records: {:.1} bytes per record",
+            grew,
+            b.0 - a.0,
+            grew / (b.0 - a.0),
+            b.1 - a.1,
+            grew * 1024.0 * 1024.0 / (b.1 - a.1) as f64
+        );
+    }
+    println!(
+        "  achieved       {:.0} records/s",
+        n as f64 / start.elapsed().as_secs_f64()
+    );
+}
+
 fn runs(f: impl Fn() -> f64) -> f64 {
     median((0..RUNS).map(|_| f()).collect())
 }
@@ -165,6 +308,10 @@ fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` would pass nothing and should
     // not spend a minute here.
     if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    if let Ok(kind) = std::env::var("AUDIT_BENCH_SOAK") {
+        soak(&kind);
         return;
     }
     let value = vec![b'x'; record_size()];
