@@ -190,18 +190,7 @@ impl fmt::Display for DoseReport {
                 Sensation::Reduced => "reduced",
                 Sensation::Absent => "absent",
             });
-            let mut name = s.site.to_string();
-            let aliases: Vec<&String> = s.names.iter().filter(|n| **n != name).collect();
-            if !aliases.is_empty() {
-                name = format!(
-                    "{name} (= {})",
-                    aliases
-                        .iter()
-                        .map(|a| a.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-            }
+            let name = site_label(s);
             writeln!(
                 f,
                 "{:<26} {:<9} {:<34} {:>8.2} {:>8.2} {:>8.2} {:>9.1} {:>8.0} {:>7} {:>11} {:>7}  {}",
@@ -227,15 +216,36 @@ impl fmt::Display for DoseReport {
             writeln!(f, "  protocol: {p}")?;
         }
         for s in &self.sites {
+            // Named as in the table: a finding's reason names the site as the step wrote it,
+            // which for an alias (a step on EX-LE10-1 counted under LR2) is not the canonical
+            // name alone.
+            let name = site_label(s);
             for (x, steps) in group_findings(&s.findings) {
                 writeln!(
                     f,
                     "  {} {} [{}] {}: {} (source: {})",
-                    s.site, steps, x.verdict, x.rule, x.reason, x.source
+                    name, steps, x.verdict, x.rule, x.reason, x.source
                 )?;
             }
         }
         Ok(())
+    }
+}
+
+/// A site's canonical name, with the other names its steps used: `LR2:left (= EX-LE10-1:left)`
+/// (Bafeng 1, 2 and 4 are LR2, ST44 and GB43, one place, one ledger).
+fn site_label(s: &SiteReport) -> String {
+    let name = s.site.to_string();
+    let aliases: Vec<&str> = s
+        .names
+        .iter()
+        .filter(|n| **n != name)
+        .map(String::as_str)
+        .collect();
+    if aliases.is_empty() {
+        name
+    } else {
+        format!("{name} (= {})", aliases.join(", "))
     }
 }
 

@@ -121,6 +121,19 @@ fn dpn_combined_protocol_can_be_armed_and_reports_every_site() {
         lr2.is_some_and(|s| s.names.contains(&"EX-LE10-1:left".to_string())),
         "{table}"
     );
+    // A finding about a step on EX-LE10-1 names the site as written; its line is labelled as
+    // the table's row is, so a reader sees that LR2 and EX-LE10-1 are the one place.
+    let about_bafeng: Vec<&str> = table
+        .lines()
+        .filter(|l| l.starts_with("  ") && l.contains("EX-LE10-1:left has"))
+        .collect();
+    assert!(!about_bafeng.is_empty(), "{table}");
+    for line in about_bafeng {
+        assert!(
+            line.starts_with("  LR2:left (= EX-LE10-1:left) laser-acu#"),
+            "{line}"
+        );
+    }
     // The feet are absent-sensation sites: the report shows the 40/41 C alarm and cut-off.
     let plantar = pre.report.site(&site("foot_plantar:left"));
     assert_eq!(plantar.and_then(|s| s.skin_alarm_c), Some(40.0));
