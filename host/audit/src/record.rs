@@ -410,8 +410,8 @@ struct BodyRef<'a> {
 
 /// A body's payload as the caller gave it: a JSON value, or JSON text serialised from a typed
 /// struct on the caller's thread (telemetry, tens of thousands a second: building a `Value`
-/// map only to serialise it again cost the controller's loop and the writer about a quarter of
-/// their time per reading, see BENCHMARKS.md). Both serialise to the same JSON document.
+/// map only to serialise it again was a large share of the controller's loop and of the
+/// writer per reading, see BENCHMARKS.md). Both serialise to the same JSON document.
 #[derive(Serialize)]
 #[serde(untagged)]
 pub(crate) enum PayloadRef<'a> {
