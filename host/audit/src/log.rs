@@ -282,21 +282,7 @@ impl AuditLog {
         session: Option<&str>,
         payload: Value,
     ) -> Result<(), AuditError> {
-        let entry = Entry {
-            actor: Actor::Device { id: device.into() },
-            event: Event::Telemetry,
-            session: session.map(str::to_owned),
-            device: Some(device.into()),
-            outcome: Outcome::Ok,
-            payload,
-        };
-        self.send(Msg::Append {
-            entry,
-            json: None,
-            wall_ms: now_ms(),
-            mono_ns: self.mono_ns(),
-            done: None,
-        })
+        self.queue(telemetry_entry(device, session, payload), None)
     }
 
     /// [`AuditLog::append_telemetry`] for a reading the caller holds as a typed struct: it is
@@ -312,21 +298,7 @@ impl AuditLog {
         payload: &T,
     ) -> Result<(), AuditError> {
         let json = serde_json::value::to_raw_value(payload).map_err(AuditError::Encode)?;
-        let entry = Entry {
-            actor: Actor::Device { id: device.into() },
-            event: Event::Telemetry,
-            session: session.map(str::to_owned),
-            device: Some(device.into()),
-            outcome: Outcome::Ok,
-            payload: Value::Null,
-        };
-        self.send(Msg::Append {
-            entry,
-            json: Some(json),
-            wall_ms: now_ms(),
-            mono_ns: self.mono_ns(),
-            done: None,
-        })
+        self.queue(telemetry_entry(device, session, Value::Null), Some(json))
     }
 
     /// Queues a record for the next group commit and returns at once, as telemetry does:
@@ -336,9 +308,15 @@ impl AuditLog {
     ///
     /// Blocks only when the writer's queue is full (backpressure instead of loss).
     pub fn append_queued(&self, entry: Entry) -> Result<(), AuditError> {
+        self.queue(entry, None)
+    }
+
+    /// Hands one record nobody waits for to the writer (telemetry, and `append_queued`);
+    /// `json`, when given, is its payload in place of `entry.payload`.
+    fn queue(&self, entry: Entry, json: Option<Box<RawValue>>) -> Result<(), AuditError> {
         self.send(Msg::Append {
             entry,
-            json: None,
+            json,
             wall_ms: now_ms(),
             mono_ns: self.mono_ns(),
             done: None,
@@ -762,6 +740,18 @@ impl Writer {
         self.last_cp = Some(cp.clone());
         self.last_cp_at = Instant::now();
         Ok(cp)
+    }
+}
+
+/// The record of one reading from `device`.
+fn telemetry_entry(device: &str, session: Option<&str>, payload: Value) -> Entry {
+    Entry {
+        actor: Actor::Device { id: device.into() },
+        event: Event::Telemetry,
+        session: session.map(str::to_owned),
+        device: Some(device.into()),
+        outcome: Outcome::Ok,
+        payload,
     }
 }
 
