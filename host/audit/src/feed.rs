@@ -21,9 +21,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::blocks::Records;
 use crate::error::AuditError;
 use crate::layout;
-use crate::record::{self, MAX_RECORD_BYTES};
+use crate::record::MAX_RECORD_BYTES;
 
 /// How often a following connection looks for new records and for shutdown.
 const POLL: Duration = Duration::from_millis(20);
@@ -39,7 +40,7 @@ pub(crate) struct Feed {
 
 impl Feed {
     /// Starts serving `records` on `<dir>/feed.sock`.
-    pub(crate) fn start(dir: &Path, records: sled::Tree) -> Result<Feed, AuditError> {
+    pub(crate) fn start(dir: &Path, records: Records) -> Result<Feed, AuditError> {
         let path = dir.join(layout::FEED_SOCKET);
         // A socket file left by a controller that crashed; this process holds the sled
         // lock, so no live controller can be using it.
@@ -96,7 +97,7 @@ impl Drop for Feed {
 
 fn accept_loop(
     listener: &UnixListener,
-    records: &sled::Tree,
+    records: &Records,
     stop: &Arc<AtomicBool>,
     connections: &Mutex<Vec<JoinHandle<()>>>,
 ) {
@@ -124,7 +125,7 @@ fn accept_loop(
     }
 }
 
-fn serve(stream: UnixStream, records: &sled::Tree, stop: &AtomicBool) -> io::Result<()> {
+fn serve(stream: UnixStream, records: &Records, stop: &AtomicBool) -> io::Result<()> {
     let invalid = |m: &str| io::Error::new(io::ErrorKind::InvalidInput, m.to_owned());
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     // A client that stops reading must not hold a connection thread (and shutdown) forever.
@@ -143,9 +144,8 @@ fn serve(stream: UnixStream, records: &sled::Tree, stop: &AtomicBool) -> io::Res
     };
     let count = records
         .last()
-        .map_err(io::Error::other)?
-        .and_then(|(k, _)| record::seq_of(&k))
-        .map_or(0, |s| s + 1);
+        .map_err(|kind| io::Error::other(kind.to_string()))?
+        .map_or(0, |(s, _)| s + 1);
     let mut out = io::BufWriter::new(&stream);
     out.write_all(&count.to_be_bytes())?;
     let mut next = from;
@@ -153,7 +153,10 @@ fn serve(stream: UnixStream, records: &sled::Tree, stop: &AtomicBool) -> io::Res
         if stop.load(Ordering::SeqCst) {
             return Ok(());
         }
-        match records.get(record::key(next)).map_err(io::Error::other)? {
+        match records
+            .get(next)
+            .map_err(|kind| io::Error::other(kind.to_string()))?
+        {
             Some(v) => {
                 let len = u32::try_from(v.len()).map_err(|_| invalid("record too large"))?;
                 out.write_all(&len.to_be_bytes())?;

@@ -22,6 +22,7 @@
 //! <dir>/controller.pub     its public key, hex
 //! ```
 
+mod blocks;
 mod checkpoint;
 pub mod cli;
 mod error;

@@ -18,6 +18,7 @@ use serde::Serialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use crate::blocks::Records;
 use crate::checkpoint::{self, Checkpoint};
 use crate::error::AuditError;
 use crate::feed::Feed;
@@ -129,7 +130,7 @@ struct Inner {
     public: VerifyingKey,
     dir: PathBuf,
     origin: Instant,
-    records: sled::Tree,
+    records: Records,
     writer: Mutex<Option<JoinHandle<()>>>,
     feed: Mutex<Option<Feed>>,
 }
@@ -369,12 +370,13 @@ impl AuditLog {
         let mut run = PreviousRun::default();
         let mut ended: std::collections::BTreeSet<String> = Default::default();
         let mut started: Vec<String> = Vec::new();
-        for item in self.inner.records.iter().rev() {
-            let (_, value) = item.map_err(|e| AuditError::db(&self.inner.dir, e))?;
-            let r = crate::record::decode(&value).map_err(|reason| AuditError::Corrupt {
+        for item in self.inner.records.iter_rev() {
+            let (seq, value) = item.map_err(|kind| AuditError::Corrupt {
                 seq: run.last_seq.unwrap_or(0),
-                reason,
+                reason: kind.to_string(),
             })?;
+            let r = crate::record::decode(&value)
+                .map_err(|reason| AuditError::Corrupt { seq, reason })?;
             if run.last_seq.is_none() {
                 run.last_seq = Some(r.seq);
                 run.last_wall_ms = Some(r.wall_ms);
@@ -643,7 +645,7 @@ impl Writer {
 
     /// Encodes, writes and flushes `pending` as one atomic batch, then answers its waiters.
     fn commit(&mut self, pending: &mut Vec<Pending>) {
-        let mut batch = sled::Batch::default();
+        let mut stored = Vec::with_capacity(pending.len());
         let mut seq = self.count;
         let mut head = self.head;
         let mut results: Vec<Result<u64, AuditError>> = Vec::with_capacity(pending.len());
@@ -663,7 +665,7 @@ impl Writer {
                     limit: MAX_RECORD_BYTES,
                 }),
                 Ok((value, hash)) => {
-                    batch.insert(&record::key(seq), value);
+                    stored.push(value);
                     head = hash;
                     seq += 1;
                     Ok(seq - 1)
@@ -682,6 +684,8 @@ impl Writer {
             if let Some(d) = self.config.slow_writes {
                 std::thread::sleep(d);
             }
+            let mut batch = sled::Batch::default();
+            self.store.records.pack(&mut batch, self.count, &stored);
             let written = match injected {
                 Some(e) => Err(e),
                 None => self.store.apply(&batch, seq, &head),

@@ -4,14 +4,12 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+use crate::blocks::{RawItem, Records};
 use crate::error::AuditError;
 use crate::feed::FeedClient;
 use crate::record::{self, ChainHash, Record};
 use crate::store::Store;
 use crate::verify::ProblemKind;
-
-/// One stored entry as read: `(key, value)`, or why it could not be read.
-pub(crate) type RawItem = Result<(Vec<u8>, Vec<u8>), String>;
 
 #[derive(Debug)]
 enum Source {
@@ -88,13 +86,10 @@ impl AuditReader {
         }
     }
 
-    /// Every stored entry in key order, unchecked.
+    /// Every stored record in order, unchecked.
     pub(crate) fn raw(&self) -> Result<Box<dyn Iterator<Item = RawItem> + '_>, AuditError> {
         match &self.source {
-            Source::Local(store) => Ok(Box::new(store.records.iter().map(|item| {
-                item.map(|(k, v)| (k.to_vec(), v.to_vec()))
-                    .map_err(|e| e.to_string())
-            }))),
+            Source::Local(store) => Ok(Box::new(store.records.iter())),
             Source::Live(dir) => {
                 let mut client = FeedClient::connect(dir, 0, false)?;
                 let mut done = false;
@@ -103,11 +98,11 @@ impl AuditReader {
                         return None;
                     }
                     match client.next_value() {
-                        Ok(Some((seq, v))) => Some(Ok((record::key(seq).to_vec(), v))),
+                        Ok(Some((seq, v))) => Some(Ok((seq, v))),
                         Ok(None) => None,
                         Err(e) => {
                             done = true;
-                            Some(Err(e.to_string()))
+                            Some(Err(ProblemKind::Unreadable(e.to_string())))
                         }
                     }
                 })))
@@ -138,7 +133,7 @@ impl AuditReader {
     }
 }
 
-/// Walks stored entries from 0, checking density, the chain and each hash.
+/// Walks stored records from 0, checking density, the chain and each hash.
 pub(crate) struct ChainWalk<'a> {
     iter: Box<dyn Iterator<Item = RawItem> + 'a>,
     expected: u64,
@@ -172,17 +167,18 @@ impl Iterator for ChainWalk<'_> {
         let item = self.iter.next()?;
         let result = (|| {
             let seq = self.expected;
-            let (k, v) = item.map_err(|e| (seq, ProblemKind::Unreadable(e)))?;
-            let Some(found) = record::seq_of(&k) else {
-                return Err((seq, ProblemKind::ForeignKey(hex::encode(&k))));
-            };
-            if found != seq {
+            let (found, v) = item.map_err(|kind| (seq, kind))?;
+            if found > seq {
                 return Err((
                     seq,
                     ProblemKind::Missing {
                         next_present: found,
                     },
                 ));
+            }
+            if found < seq {
+                // A block stored under a number the block before it already covers.
+                return Err((seq, ProblemKind::WrongSeq { found }));
             }
             let record = check_one(seq, &v, &self.prev)?;
             self.prev = record.hash;
@@ -236,14 +232,14 @@ pub struct Follow {
 
 #[derive(Debug)]
 enum FollowSource {
-    Local(sled::Tree),
+    Local(Records),
     /// Values from a controller's feed, read by a thread so that waiting can time out
     /// without cutting a frame in half.
     Live(Receiver<Result<(u64, Vec<u8>), AuditError>>),
 }
 
 impl Follow {
-    pub(crate) fn new(records: sled::Tree, from: u64) -> Self {
+    pub(crate) fn new(records: Records, from: u64) -> Self {
         Follow {
             source: FollowSource::Local(records),
             next: from,
@@ -305,10 +301,10 @@ impl Follow {
                         reason: ProblemKind::Missing { next_present: seq }.to_string(),
                     };
                     let before = records
-                        .get(record::key(seq - 1))
-                        .map_err(|e| AuditError::Corrupt {
+                        .get(seq - 1)
+                        .map_err(|kind| AuditError::Corrupt {
                             seq: seq - 1,
-                            reason: format!("unreadable: {e}"),
+                            reason: kind.to_string(),
                         })?
                         .ok_or_else(missing)?;
                     before
@@ -341,14 +337,12 @@ impl Follow {
                 let start = Instant::now();
                 let seq = self.next;
                 loop {
-                    let found = records
-                        .get(record::key(seq))
-                        .map_err(|e| AuditError::Corrupt {
-                            seq,
-                            reason: format!("unreadable: {e}"),
-                        })?;
+                    let found = records.get(seq).map_err(|kind| AuditError::Corrupt {
+                        seq,
+                        reason: kind.to_string(),
+                    })?;
                     if let Some(v) = found {
-                        return Ok(Some((seq, v.to_vec())));
+                        return Ok(Some((seq, v)));
                     }
                     let waited = start.elapsed();
                     if waited >= timeout {

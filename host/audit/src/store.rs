@@ -1,9 +1,10 @@
 //! The sled database: the only place in modalis that touches sled.
 //!
-//! Two trees: [`layout::RECORDS_TREE`] (8-byte big-endian sequence number → record, see
-//! [`crate::record`]) and [`layout::META_TREE`] (the controller id and the chain head, i.e.
-//! the record count and the last record's hash). A batch of records and the new head are
-//! written in one sled transaction, so after any crash the head matches the records.
+//! Two trees: [`layout::RECORDS_TREE`] (blocks of records under the first one's 8-byte
+//! big-endian sequence number, see [`crate::blocks`] and [`crate::record`]) and
+//! [`layout::META_TREE`] (the controller id, the records layout and the chain head, i.e. the
+//! record count and the last record's hash). A batch of records and the new head are written
+//! in one sled transaction, so after any crash the head matches the records.
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -11,10 +12,11 @@ use std::path::{Path, PathBuf};
 use sled::Transactional as _;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
+use crate::blocks::{self, Layout, Records};
 use crate::error::AuditError;
 use crate::keys::sync_dir;
 use crate::layout;
-use crate::record::{self, ChainHash};
+use crate::record::ChainHash;
 
 /// Meta key of the chain head: `u64be(count) || hash of record count-1`.
 pub(crate) const HEAD_KEY: &[u8] = b"head";
@@ -24,7 +26,7 @@ pub(crate) const CONTROLLER_KEY: &[u8] = b"controller";
 #[derive(Debug)]
 pub(crate) struct Store {
     pub db: sled::Db,
-    pub records: sled::Tree,
+    pub records: Records,
     pub meta: sled::Tree,
     /// The audit directory (not the sled directory inside it).
     pub dir: PathBuf,
@@ -88,9 +90,38 @@ impl Store {
         let meta = db
             .open_tree(layout::META_TREE)
             .map_err(|e| AuditError::db(&sled_dir, e))?;
+        let db_err = |e| AuditError::db(&sled_dir, e);
+        let layout = match meta.get(blocks::LAYOUT_KEY).map_err(db_err)? {
+            Some(v) if v == blocks::LAYOUT_BLOCKS => Layout::Blocks,
+            Some(v) => {
+                return Err(AuditError::Inconsistent {
+                    dir: dir.to_path_buf(),
+                    problem: format!(
+                        "records layout {:?} is not one this modalis knows (2, or none for one \
+                         record per key)",
+                        String::from_utf8_lossy(&v)
+                    ),
+                });
+            }
+            None if records.is_empty() => {
+                // Recorded before the first record is written (and flushed, so that sled's
+                // log holds it ahead of any record): a log with records and no layout key is
+                // always one written before blocks existed.
+                if create {
+                    meta.insert(blocks::LAYOUT_KEY, blocks::LAYOUT_BLOCKS)
+                        .map_err(db_err)?;
+                    db.flush().map_err(db_err)?;
+                }
+                Layout::Blocks
+            }
+            None => Layout::PerRecord,
+        };
         Ok(Store {
             db,
-            records,
+            records: Records {
+                tree: records,
+                layout,
+            },
             meta,
             dir: dir.to_path_buf(),
             sled_dir,
@@ -127,7 +158,7 @@ impl Store {
                 found,
             }),
             None => {
-                if !self.records.is_empty() {
+                if !self.records.tree.is_empty() {
                     return Err(self.inconsistent("records present but no controller id".into()));
                 }
                 self.meta
@@ -155,24 +186,24 @@ impl Store {
     /// The chain head, checked against the last record.
     pub(crate) fn head(&self) -> Result<(u64, ChainHash), AuditError> {
         let (count, hash) = self.stored_head()?.unwrap_or((0, ChainHash::GENESIS));
-        let last = self.records.last().map_err(|e| self.err(e))?;
+        let last = self
+            .records
+            .last()
+            .map_err(|kind| self.inconsistent(format!("the last record: {kind}")))?;
         match (count, last) {
             (0, None) => Ok((0, ChainHash::GENESIS)),
-            (0, Some((k, _))) => Err(self.inconsistent(format!(
-                "no chain head but a record with key {}",
-                hex::encode(&k)
-            ))),
+            (0, Some((seq, _))) => {
+                Err(self.inconsistent(format!("no chain head but a record numbered {seq}")))
+            }
             (n, None) => Err(self.inconsistent(format!(
                 "the chain head says {n} records but there are none"
             ))),
-            (n, Some((k, v))) => {
-                let last_seq = record::seq_of(&k);
+            (n, Some((last_seq, v))) => {
                 let stored = v.first_chunk::<32>().map(|h| ChainHash(*h));
-                if last_seq != Some(n - 1) || stored != Some(hash) {
+                if last_seq != n - 1 || stored != Some(hash) {
                     return Err(self.inconsistent(format!(
                         "the chain head says {n} records ending in {hash}, but the last record \
-                         has key {} and hash {}",
-                        hex::encode(&k),
+                         is number {last_seq} with hash {}",
                         stored.map_or_else(|| "(none)".into(), |h| h.to_hex())
                     )));
                 }
@@ -188,8 +219,8 @@ impl Store {
         }
         let v = self
             .records
-            .get(record::key(count - 1))
-            .map_err(|e| self.err(e))?
+            .get(count - 1)
+            .map_err(|kind| self.inconsistent(format!("record {}: {kind}", count - 1)))?
             .ok_or_else(|| self.inconsistent(format!("record {} is missing", count - 1)))?;
         v.first_chunk::<32>()
             .map(|h| ChainHash(*h))
@@ -207,7 +238,7 @@ impl Store {
         let mut head_value = Vec::with_capacity(40);
         head_value.extend_from_slice(&count.to_be_bytes());
         head_value.extend_from_slice(&head.0);
-        (&self.records, &self.meta)
+        (&self.records.tree, &self.meta)
             .transaction(|(r, m)| {
                 r.apply_batch(batch)?;
                 m.insert(HEAD_KEY, head_value.as_slice())?;

@@ -9,7 +9,9 @@ use modalis_audit::{
 use serde_json::json;
 use tempfile::TempDir;
 
-use crate::support::{entry, manual_checkpoints, report, write_log};
+use crate::support::{
+    blocks, entry, key, manual_checkpoints, report, stored, with_sled, write_log,
+};
 
 #[test]
 fn first_start_creates_a_private_key_and_a_public_one() {
@@ -402,4 +404,99 @@ fn deferred_batches_return_at_once_and_complete_in_order_on_a_slow_disk() {
     let r = report(dir.path());
     assert!(r.is_ok(), "{r}");
     assert_eq!(r.records, 5);
+}
+
+#[test]
+fn telemetry_is_stored_in_blocks_and_read_back_record_by_record() {
+    let dir = TempDir::new().expect("tempdir");
+    let log = AuditLog::open_with(dir.path(), "clinic-1", manual_checkpoints()).expect("open");
+    for i in 0..600 {
+        log.append_telemetry("laser-1", Some("s0"), json!({ "mw": 498, "i": i }))
+            .expect("telemetry");
+    }
+    log.flush_pending().expect("flush");
+    assert_eq!(log.append(entry(0)).expect("append"), 600);
+    // In this process, from the open log.
+    let mut follow = log.follow(0);
+    for seq in 0..=600 {
+        let r = follow
+            .next_timeout(Duration::from_secs(5))
+            .expect("read")
+            .expect("present");
+        assert_eq!(r.seq, seq);
+    }
+    // The follower holds the database open, as the log does.
+    drop(follow);
+    log.close().expect("close");
+
+    with_sled(dir.path(), |records, meta| {
+        assert_eq!(meta.get("layout").expect("get").as_deref(), Some(&b"2"[..]));
+        let b = blocks(records);
+        assert_eq!(b.iter().map(|(_, n)| n).sum::<usize>(), 601);
+        assert!(b.len() <= 60, "601 records in {} blocks", b.len());
+        for (first, n) in &b {
+            let size = records
+                .get(key(*first))
+                .expect("get")
+                .expect("present")
+                .len();
+            assert!(size <= 8 * 1024 || *n == 1, "block {first}: {size} bytes");
+        }
+    });
+    let r = report(dir.path());
+    assert!(r.is_ok(), "{r}");
+    assert_eq!(r.records, 601);
+    let reader = AuditReader::open(dir.path()).expect("reader");
+    let seqs: Vec<u64> = reader.records().map(|r| r.expect("record").seq).collect();
+    assert_eq!(seqs, (0..601).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_log_written_one_record_per_key_is_read_and_extended_in_its_own_layout() {
+    let dir = TempDir::new().expect("tempdir");
+    write_log(dir.path(), 12);
+    // Rewritten as modalis wrote logs before blocks: one record per key, no layout key.
+    with_sled(dir.path(), |records, meta| {
+        let all: Vec<Vec<u8>> = (0..12).map(|s| stored(records, s)).collect();
+        records.clear().expect("clear");
+        for (s, v) in (0u64..).zip(all) {
+            records.insert(key(s), v).expect("insert");
+        }
+        meta.remove("layout").expect("remove");
+    });
+    let r = report(dir.path());
+    assert!(r.is_ok(), "{r}");
+    assert_eq!(r.records, 12);
+
+    let log = AuditLog::open_with(dir.path(), "clinic-1", manual_checkpoints()).expect("reopen");
+    assert_eq!(log.previous_run().expect("read").last_seq, Some(11));
+    for i in 0..6 {
+        log.append_telemetry("laser-1", Some("s0"), json!({ "i": i }))
+            .expect("telemetry");
+    }
+    assert_eq!(log.append(entry(12)).expect("append"), 18);
+    let mut follow = log.follow(10);
+    for seq in 10..19 {
+        let r = follow
+            .next_timeout(Duration::from_secs(5))
+            .expect("read")
+            .expect("present");
+        assert_eq!(r.seq, seq);
+    }
+    // The follower holds the database open, as the log does.
+    drop(follow);
+    log.close().expect("close");
+
+    with_sled(dir.path(), |records, meta| {
+        assert_eq!(meta.get("layout").expect("get"), None);
+        assert_eq!(records.len(), 19, "one key per record");
+        for s in 0..19 {
+            let v = records.get(key(s)).expect("get").expect("present");
+            let body: serde_json::Value = serde_json::from_slice(&v[32..]).expect("hash || json");
+            assert_eq!(body["seq"], json!(s));
+        }
+    });
+    let r = report(dir.path());
+    assert!(r.is_ok(), "{r}");
+    assert_eq!(r.records, 19);
 }

@@ -9,7 +9,7 @@ use modalis_audit::AuditLog;
 use modalis_audit::cli::{AuditCommand, run_to};
 use tempfile::TempDir;
 
-use crate::support::{key, with_sled, write_log};
+use crate::support::{delete, replace, stored, with_sled, write_log};
 
 /// Stand-in for the host binary's `audit` subcommand.
 #[derive(Debug, Parser)]
@@ -40,10 +40,10 @@ fn verify_exits_zero_on_a_good_log_and_one_with_the_bad_record() {
     assert!(out.trim_end().ends_with("OK"), "{out}");
 
     with_sled(dir.path(), |records, _| {
-        let mut v = records.get(key(7)).expect("get").expect("present").to_vec();
+        let mut v = stored(records, 7);
         let last = v.len() - 3;
         v[last] ^= 0x20;
-        records.insert(key(7), v).expect("insert");
+        replace(records, 7, v);
     });
     let (code, out) = run(&["verify", "--db", path(dir.path())]);
     assert_eq!(code.expect("runs"), ExitCode::FAILURE, "{out}");
@@ -190,7 +190,7 @@ fn export_stops_at_a_damaged_record() {
     let dir = TempDir::new().expect("tempdir");
     write_log(dir.path(), 10);
     with_sled(dir.path(), |records, _| {
-        records.remove(key(4)).expect("remove");
+        delete(records, 4);
     });
     let (code, out) = run(&["export", "--db", path(dir.path())]);
     let err = code.expect_err("refuses");

@@ -104,6 +104,80 @@ pub fn key(seq: u64) -> [u8; 8] {
     seq.to_be_bytes()
 }
 
+// The records tree as the README documents it (layout 2): under each key, the 8-byte
+// big-endian number of its first record, a block of `u32be length || hash || body` records.
+// Written here from the documentation rather than with the crate's code, so that the tests
+// also check that the crate writes what the README says.
+
+/// The block holding record `seq`: its first record's number and its records.
+fn block_of(records: &sled::Tree, seq: u64) -> Option<(u64, Vec<Vec<u8>>)> {
+    let (k, v) = records.range(..=key(seq)).next_back()?.expect("read");
+    let first = u64::from_be_bytes(k.as_ref().try_into().expect("8-byte key"));
+    let mut out = Vec::new();
+    let mut rest = v.as_ref();
+    while !rest.is_empty() {
+        let (len, tail) = rest.split_at(4);
+        let len = u32::from_be_bytes(len.try_into().expect("4 bytes")) as usize;
+        out.push(tail[..len].to_vec());
+        rest = &tail[len..];
+    }
+    (seq < first + out.len() as u64).then_some((first, out))
+}
+
+/// Stores `records` as one block under `first`.
+pub fn write_block(tree: &sled::Tree, first: u64, records: &[Vec<u8>]) {
+    let mut block = Vec::new();
+    for r in records {
+        block.extend_from_slice(&(r.len() as u32).to_be_bytes());
+        block.extend_from_slice(r);
+    }
+    tree.insert(key(first), block).expect("insert");
+}
+
+/// Every block: `(first record's number, its records)`.
+pub fn blocks(records: &sled::Tree) -> Vec<(u64, usize)> {
+    records
+        .iter()
+        .map(|e| {
+            let (k, _) = e.expect("read");
+            let first = u64::from_be_bytes(k.as_ref().try_into().expect("8-byte key"));
+            (first, block_of(records, first).expect("a block").1.len())
+        })
+        .collect()
+}
+
+/// Record `seq` as stored (`hash || body`), if present.
+pub fn try_stored(records: &sled::Tree, seq: u64) -> Option<Vec<u8>> {
+    let (first, block) = block_of(records, seq)?;
+    Some(block[(seq - first) as usize].clone())
+}
+
+/// Record `seq` as stored (`hash || body`).
+pub fn stored(records: &sled::Tree, seq: u64) -> Vec<u8> {
+    try_stored(records, seq).unwrap_or_else(|| panic!("record {seq} is present"))
+}
+
+/// Replaces the stored bytes of record `seq` (its block rewritten around it).
+pub fn replace(records: &sled::Tree, seq: u64, value: Vec<u8>) {
+    let (first, mut block) = block_of(records, seq).expect("present");
+    block[(seq - first) as usize] = value;
+    write_block(records, first, &block);
+}
+
+/// Deletes record `seq` the way someone who wants the rest to stay readable would: its block
+/// is cut in two around it, the records after it keeping their numbers.
+pub fn delete(records: &sled::Tree, seq: u64) {
+    let (first, block) = block_of(records, seq).expect("present");
+    records.remove(key(first)).expect("remove");
+    let at = (seq - first) as usize;
+    if at > 0 {
+        write_block(records, first, &block[..at]);
+    }
+    if at + 1 < block.len() {
+        write_block(records, seq + 1, &block[at + 1..]);
+    }
+}
+
 /// Verifies and returns the first problem, if any.
 pub fn problem(dir: &Path) -> Option<Problem> {
     report(dir).problem

@@ -9,7 +9,10 @@ use modalis_audit::{
 use rand::{Rng as _, SeedableRng as _};
 use tempfile::TempDir;
 
-use crate::support::{copy_dir, key, manual_checkpoints, problem, report, with_sled, write_log};
+use crate::support::{
+    blocks, copy_dir, delete, key, manual_checkpoints, problem, replace, report, stored,
+    try_stored, with_sled, write_block, write_log,
+};
 
 const N: u64 = 24;
 
@@ -39,7 +42,7 @@ fn flipping_any_byte_of_any_record_names_that_record() {
     for seq in 0..N {
         let mut len = 0;
         with_sled(base.path(), |records, _| {
-            len = records.get(key(seq)).expect("get").expect("present").len();
+            len = stored(records, seq).len();
         });
         // The stored hash, the first and last body bytes, and a few random ones.
         let mut positions = vec![0, 31, 32, len - 1];
@@ -48,13 +51,9 @@ fn flipping_any_byte_of_any_record_names_that_record() {
             let case = TempDir::new().expect("tempdir");
             copy_dir(base.path(), case.path());
             with_sled(case.path(), |records, _| {
-                let mut v = records
-                    .get(key(seq))
-                    .expect("get")
-                    .expect("present")
-                    .to_vec();
+                let mut v = stored(records, seq);
                 v[pos] ^= 0x01;
-                records.insert(key(seq), v).expect("insert");
+                replace(records, seq, v);
             });
             let p = problem(case.path()).expect("a flipped byte is detected");
             assert_eq!(p.seq, Some(seq), "byte {pos} of record {seq}: {p}");
@@ -68,9 +67,7 @@ fn flipping_any_byte_of_any_record_names_that_record() {
 fn deleting_a_record_is_a_gap_at_its_number() {
     for seq in [0, 1, 11, N - 2] {
         let dir = pristine();
-        with_sled(dir.path(), |records, _| {
-            records.remove(key(seq)).expect("remove");
-        });
+        with_sled(dir.path(), |records, _| delete(records, seq));
         let p = problem(dir.path()).expect("detected");
         assert_eq!(p.seq, Some(seq), "{p}");
         assert_eq!(
@@ -88,7 +85,7 @@ fn truncating_the_tail_is_reported_where_it_was_cut() {
     let dir = pristine();
     with_sled(dir.path(), |records, _| {
         for seq in 20..N {
-            records.remove(key(seq)).expect("remove");
+            delete(records, seq);
         }
     });
     let p = problem(dir.path()).expect("detected");
@@ -107,9 +104,9 @@ fn truncating_the_tail_is_reported_where_it_was_cut() {
     // Records removed and the chain head rewritten to match: the signed checkpoint catches it.
     let dir = pristine();
     with_sled(dir.path(), |records, meta| {
-        let last = records.get(key(16)).expect("get").expect("present");
+        let last = stored(records, 16);
         for seq in 17..N {
-            records.remove(key(seq)).expect("remove");
+            delete(records, seq);
         }
         let mut head = 17u64.to_be_bytes().to_vec();
         head.extend_from_slice(&last[..32]);
@@ -136,7 +133,7 @@ fn a_truncated_tail_without_checkpoint_is_caught_by_the_chain_head() {
     write_log(dir.path(), N);
     std::fs::remove_file(dir.path().join(layout::CHECKPOINTS_FILE)).expect("rm");
     with_sled(dir.path(), |records, _| {
-        records.remove(key(N - 1)).expect("remove");
+        delete(records, N - 1);
     });
     let p = problem(dir.path()).expect("detected");
     assert_eq!(p.seq, Some(N - 1), "{p}");
@@ -149,11 +146,11 @@ fn rewrite_and_rechain(records: &sled::Tree, meta: &sled::Tree, from: u64) {
     let mut prev = if from == 0 {
         ChainHash::GENESIS
     } else {
-        let v = records.get(key(from - 1)).expect("get").expect("present");
+        let v = stored(records, from - 1);
         ChainHash(v[..32].try_into().expect("32 bytes"))
     };
     let mut seq = from;
-    while let Some(v) = records.get(key(seq)).expect("get") {
+    while let Some(v) = try_stored(records, seq) {
         let mut body: serde_json::Value = serde_json::from_slice(&v[32..]).expect("json");
         body["prev"] = serde_json::Value::String(prev.to_hex());
         if seq == from {
@@ -163,7 +160,7 @@ fn rewrite_and_rechain(records: &sled::Tree, meta: &sled::Tree, from: u64) {
         let hash = chain_hash(&prev, &bytes);
         let mut value = hash.0.to_vec();
         value.extend_from_slice(&bytes);
-        records.insert(key(seq), value).expect("insert");
+        replace(records, seq, value);
         prev = hash;
         seq += 1;
     }
@@ -274,9 +271,9 @@ fn records_after_the_last_checkpoint_are_unconfirmed_not_bad() {
 
     // Even if the power loss took those records too, nothing is reported as tampering.
     with_sled(dir.path(), |records, meta| {
-        let last = records.get(key(9)).expect("get").expect("present");
+        let last = stored(records, 9);
         for seq in 10..15 {
-            records.remove(key(seq)).expect("remove");
+            delete(records, seq);
         }
         let mut head = 10u64.to_be_bytes().to_vec();
         head.extend_from_slice(&last[..32]);
@@ -348,8 +345,8 @@ fn a_record_copied_to_another_key_is_caught() {
     // Copied as is: its hash covers its old predecessor.
     let dir = pristine();
     with_sled(dir.path(), |records, _| {
-        let v5 = records.get(key(5)).expect("get").expect("present");
-        records.insert(key(6), v5).expect("insert");
+        let v5 = stored(records, 5);
+        replace(records, 6, v5);
     });
     let p = problem(dir.path()).expect("detected");
     assert_eq!(p.seq, Some(6), "{p}");
@@ -358,16 +355,88 @@ fn a_record_copied_to_another_key_is_caught() {
     // Re-linked and re-hashed to fit at 6: its body still says 5.
     let dir = pristine();
     with_sled(dir.path(), |records, _| {
-        let v5 = records.get(key(5)).expect("get").expect("present");
+        let v5 = stored(records, 5);
         let prev = ChainHash(v5[..32].try_into().expect("32 bytes"));
         let mut body: serde_json::Value = serde_json::from_slice(&v5[32..]).expect("json");
         body["prev"] = serde_json::Value::String(prev.to_hex());
         let bytes = serde_json::to_vec(&body).expect("encode");
         let mut value = chain_hash(&prev, &bytes).0.to_vec();
         value.extend_from_slice(&bytes);
-        records.insert(key(6), value).expect("insert");
+        replace(records, 6, value);
     });
     let p = problem(dir.path()).expect("detected");
     assert_eq!(p.seq, Some(6), "{p}");
     assert_eq!(p.kind, ProblemKind::WrongSeq { found: 5 });
+}
+
+#[test]
+fn a_changed_length_inside_a_block_names_the_record_it_cuts() {
+    // write_log's telemetry is committed with the durable append after it, so records 3
+    // and 4 share a block.
+    let base = pristine();
+    with_sled(base.path(), |records, _| {
+        let b = blocks(records);
+        assert!(b.contains(&(3, 2)), "{b:?}");
+    });
+    let mut cases = 0;
+    for seq in [3u64, 4] {
+        for byte in 0..4 {
+            let case = TempDir::new().expect("tempdir");
+            copy_dir(base.path(), case.path());
+            with_sled(case.path(), |records, _| {
+                let mut block = records.get(key(3)).expect("get").expect("present").to_vec();
+                let at = if seq == 3 {
+                    0
+                } else {
+                    4 + stored(records, 3).len()
+                };
+                block[at + byte] ^= 0x01;
+                records.insert(key(3), block).expect("insert");
+            });
+            let p = problem(case.path()).expect("a changed length is detected");
+            assert_eq!(
+                p.seq,
+                Some(seq),
+                "byte {byte} of record {seq}'s length: {p}"
+            );
+            cases += 1;
+        }
+    }
+    assert_eq!(cases, 8);
+}
+
+#[test]
+fn a_record_cut_out_of_its_block_is_caught_at_its_number() {
+    // Removed without moving the next record to a new key: that record now sits at the
+    // removed one's place, and its hash covers another predecessor.
+    let dir = pristine();
+    with_sled(dir.path(), |records, _| {
+        let four = stored(records, 4);
+        write_block(records, 3, &[four]);
+    });
+    let p = problem(dir.path()).expect("detected");
+    assert_eq!(p.seq, Some(3), "{p}");
+    assert_eq!(p.kind, ProblemKind::HashMismatch);
+
+    // A block stored again under a number inside the one before it.
+    let dir = pristine();
+    with_sled(dir.path(), |records, _| {
+        let four = stored(records, 4);
+        write_block(records, 4, &[four]);
+    });
+    let p = problem(dir.path()).expect("detected");
+    assert_eq!(p.seq, Some(5), "{p}");
+    assert_eq!(p.kind, ProblemKind::WrongSeq { found: 4 });
+}
+
+#[test]
+fn a_records_layout_this_version_does_not_know_is_refused() {
+    let dir = pristine();
+    with_sled(dir.path(), |_, meta| {
+        meta.insert("layout", "3").expect("insert");
+    });
+    let err = AuditLog::open(dir.path(), "clinic-1").expect_err("refused");
+    assert!(err.to_string().contains("layout \"3\""), "{err}");
+    let err = modalis_audit::verify(dir.path()).expect_err("refused");
+    assert!(err.to_string().contains("layout \"3\""), "{err}");
 }

@@ -1,0 +1,310 @@
+//! How stored records sit in sled's records tree.
+//!
+//! **Layout 2, blocks** (every log created since this module exists): a key is the 8-byte
+//! big-endian sequence number of the first record of a *block*, and its value is the block:
+//! one or more stored records (`hash || body`, see [`crate::record`]) in sequence order, each
+//! preceded by its length as a 4-byte big-endian integer. The records of one group commit are
+//! packed into blocks of at most [`BLOCK_BYTES`] (a record larger than that is a block of its
+//! own); a block is written once and never rewritten, like a record before it.
+//!
+//! Why: sled 0.34 keeps about 16 bytes of memory for every key it stores, beyond its page
+//! cache and for as long as the database is open, also after a reopen (sled #986, #1410;
+//! measured with `AUDIT_BENCH_SOAK`, BENCHMARKS.md). One key per record made a controller
+//! under telemetry load grow by ~40 MiB a minute. Blocks divide that by the records per block.
+//! The cap keeps sled's leaf nodes (up to 17 entries) clear of its blob threshold (a quarter
+//! of its 512 KiB segment), above which every node rewrite becomes a file of its own:
+//! 27 KiB values did that in a raw sled trial, 12 KiB ones did not.
+//!
+//! **Layout 1, one record per key** (logs written before): the key is the record's sequence
+//! number and the value the stored record. Such a log is read as it is and appended to in
+//! its own layout, so nothing already recorded is moved or rewritten.
+//!
+//! The meta tree's `layout` key says which; a log without it is layout 1 if it has records
+//! and becomes layout 2 when it has none yet.
+
+use crate::record;
+use crate::verify::ProblemKind;
+
+/// Meta key of the records layout (`b"2"` for blocks; absent means one record per key).
+pub(crate) const LAYOUT_KEY: &[u8] = b"layout";
+/// The value of [`LAYOUT_KEY`] for blocks.
+pub(crate) const LAYOUT_BLOCKS: &[u8] = b"2";
+/// The largest block the writer packs several records into.
+pub(crate) const BLOCK_BYTES: usize = 8 * 1024;
+
+/// How a log's records are keyed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// Layout 1: one record per key.
+    PerRecord,
+    /// Layout 2: blocks of records under the first one's number.
+    Blocks,
+}
+
+/// One stored record as read, `(seq, hash || body)`, or why it could not be read. The
+/// error's sequence number is where the reader expected the next record.
+pub(crate) type RawItem = Result<(u64, Vec<u8>), ProblemKind>;
+
+/// The records tree with its layout: every record-level read and the writer's packing.
+#[derive(Clone, Debug)]
+pub(crate) struct Records {
+    pub tree: sled::Tree,
+    pub layout: Layout,
+}
+
+/// One entry of the tree as records: each `(seq, stored record)` in order, then an error in
+/// place of the first one that cannot be cut out of the value.
+pub(crate) fn split<'a>(
+    layout: Layout,
+    key: &[u8],
+    value: &'a [u8],
+) -> Vec<Result<(u64, &'a [u8]), ProblemKind>> {
+    let Some(first) = record::seq_of(key) else {
+        return vec![Err(ProblemKind::ForeignKey(hex::encode(key)))];
+    };
+    if layout == Layout::PerRecord {
+        return vec![Ok((first, value))];
+    }
+    let mut out = Vec::new();
+    let mut rest = value;
+    let mut seq = first;
+    while !rest.is_empty() {
+        let Some((len, tail)) = rest.split_first_chunk::<4>() else {
+            out.push(Err(ProblemKind::Undecodable(format!(
+                "block {first}: {} stray bytes where a record's length belongs",
+                rest.len()
+            ))));
+            return out;
+        };
+        let len = u32::from_be_bytes(*len) as usize;
+        if len == 0 || len > tail.len() {
+            out.push(Err(ProblemKind::Undecodable(format!(
+                "block {first}: a {len}-byte record where {} bytes remain",
+                tail.len()
+            ))));
+            return out;
+        }
+        let (stored, tail) = tail.split_at(len);
+        out.push(Ok((seq, stored)));
+        seq += 1;
+        rest = tail;
+    }
+    if out.is_empty() {
+        out.push(Err(ProblemKind::Undecodable(format!(
+            "block {first} is empty"
+        ))));
+    }
+    out
+}
+
+fn owned(items: Vec<Result<(u64, &[u8]), ProblemKind>>) -> Vec<RawItem> {
+    items
+        .into_iter()
+        .map(|r| r.map(|(s, v)| (s, v.to_vec())))
+        .collect()
+}
+
+impl Records {
+    /// Every stored record in order, unchecked (the chain walk checks them).
+    pub(crate) fn iter(&self) -> impl Iterator<Item = RawItem> + use<> {
+        let layout = self.layout;
+        self.tree.iter().flat_map(move |item| match item {
+            Ok((k, v)) => owned(split(layout, &k, &v)),
+            Err(e) => vec![Err(ProblemKind::Unreadable(e.to_string()))],
+        })
+    }
+
+    /// Every stored record, newest first; an entry that cannot be read ends it with an error.
+    pub(crate) fn iter_rev(&self) -> impl Iterator<Item = RawItem> + use<> {
+        let layout = self.layout;
+        self.tree.iter().rev().flat_map(move |item| match item {
+            Ok((k, v)) => {
+                let mut items = owned(split(layout, &k, &v));
+                // An error ends a block's records; newest first it must still come last.
+                let bad = items
+                    .last()
+                    .is_some_and(|r| r.is_err())
+                    .then(|| items.pop())
+                    .flatten();
+                items.reverse();
+                items.extend(bad);
+                items
+            }
+            Err(e) => vec![Err(ProblemKind::Unreadable(e.to_string()))],
+        })
+    }
+
+    /// Record `seq` as stored, if present.
+    pub(crate) fn get(&self, seq: u64) -> Result<Option<Vec<u8>>, ProblemKind> {
+        let unreadable = |e: sled::Error| ProblemKind::Unreadable(e.to_string());
+        let entry = match self.layout {
+            Layout::PerRecord => self
+                .tree
+                .get(record::key(seq))
+                .map_err(unreadable)?
+                .map(|v| (sled::IVec::from(&record::key(seq)), v)),
+            // The block holding `seq` is the last one starting at or before it.
+            Layout::Blocks => self
+                .tree
+                .range(..=record::key(seq))
+                .next_back()
+                .transpose()
+                .map_err(unreadable)?,
+        };
+        let Some((k, v)) = entry else {
+            return Ok(None);
+        };
+        for item in split(self.layout, &k, &v) {
+            match item? {
+                (s, stored) if s == seq => return Ok(Some(stored.to_vec())),
+                (s, _) if s > seq => break,
+                _ => {}
+            }
+        }
+        Ok(None)
+    }
+
+    /// The last stored record, if any.
+    pub(crate) fn last(&self) -> Result<Option<(u64, Vec<u8>)>, ProblemKind> {
+        let Some((k, v)) = self
+            .tree
+            .last()
+            .map_err(|e| ProblemKind::Unreadable(e.to_string()))?
+        else {
+            return Ok(None);
+        };
+        match split(self.layout, &k, &v).pop() {
+            Some(item) => item.map(|(s, stored)| Some((s, stored.to_vec()))),
+            None => Ok(None),
+        }
+    }
+
+    /// Puts stored records numbered from `first` into `batch` in this log's layout.
+    pub(crate) fn pack(&self, batch: &mut sled::Batch, first: u64, stored: &[Vec<u8>]) {
+        match self.layout {
+            Layout::PerRecord => {
+                for (seq, v) in (first..).zip(stored) {
+                    batch.insert(&record::key(seq), v.as_slice());
+                }
+            }
+            Layout::Blocks => {
+                let mut seq = first;
+                let mut rest = stored;
+                while !rest.is_empty() {
+                    // At least one record per block, then as many as fit.
+                    let mut size = 4 + rest[0].len();
+                    let mut n = 1;
+                    while let Some(next) = rest.get(n) {
+                        if size + 4 + next.len() > BLOCK_BYTES {
+                            break;
+                        }
+                        size += 4 + next.len();
+                        n += 1;
+                    }
+                    let mut block = Vec::with_capacity(size);
+                    for v in &rest[..n] {
+                        // MAX_RECORD_BYTES (1 MiB) keeps every length within u32.
+                        block.extend_from_slice(&(v.len() as u32).to_be_bytes());
+                        block.extend_from_slice(v);
+                    }
+                    batch.insert(&record::key(seq), block);
+                    seq += n as u64;
+                    rest = &rest[n..];
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree() -> (tempfile::TempDir, sled::Tree) {
+        let dir = tempfile::TempDir::new().expect("tempdir");
+        let db = sled::open(dir.path()).expect("sled");
+        let tree = db.open_tree("records").expect("tree");
+        (dir, tree)
+    }
+
+    fn stored(i: u64, len: usize) -> Vec<u8> {
+        let mut v = vec![(i % 251) as u8; len];
+        v[..8].copy_from_slice(&i.to_be_bytes());
+        v
+    }
+
+    #[test]
+    fn packed_blocks_read_back_record_by_record_in_both_directions() {
+        let (_dir, tree) = tree();
+        let records = Records {
+            tree,
+            layout: Layout::Blocks,
+        };
+        // Two commits: small records, then one larger than a block between small ones.
+        let first: Vec<Vec<u8>> = (0..50).map(|i| stored(i, 400)).collect();
+        let second: Vec<Vec<u8>> = (50..53)
+            .map(|i| stored(i, if i == 51 { BLOCK_BYTES * 2 } else { 300 }))
+            .collect();
+        for (at, commit) in [(0, &first), (50, &second)] {
+            let mut batch = sled::Batch::default();
+            records.pack(&mut batch, at, commit);
+            records.tree.apply_batch(batch).expect("apply");
+        }
+        let all: Vec<Vec<u8>> = first.iter().chain(&second).cloned().collect();
+
+        let keys = records.tree.len();
+        assert!(
+            keys < 15,
+            "50 records of 404 bytes fit 20 to a block: {keys} keys"
+        );
+        for (k, v) in records.tree.iter().map(|r| r.expect("entry")) {
+            let n = split(Layout::Blocks, &k, &v).len();
+            assert!(
+                v.len() <= BLOCK_BYTES || n == 1,
+                "{} bytes, {n} records",
+                v.len()
+            );
+        }
+        let forward: Vec<(u64, Vec<u8>)> = records.iter().map(|r| r.expect("ok")).collect();
+        assert_eq!(forward, (0..).zip(all.iter().cloned()).collect::<Vec<_>>());
+        let mut backward: Vec<(u64, Vec<u8>)> =
+            records.iter_rev().map(|r| r.expect("ok")).collect();
+        backward.reverse();
+        assert_eq!(backward, forward);
+        for (seq, v) in &forward {
+            assert_eq!(records.get(*seq).expect("get").as_ref(), Some(v), "{seq}");
+        }
+        assert_eq!(records.get(53).expect("get"), None);
+        assert_eq!(records.last().expect("last"), forward.last().cloned());
+    }
+
+    #[test]
+    fn a_bad_length_ends_the_block_at_that_record() {
+        let mut block = Vec::new();
+        for i in 0..3u64 {
+            let v = stored(i, 40);
+            block.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            block.extend_from_slice(&v);
+        }
+        let mut cut = block.clone();
+        cut[44..48].copy_from_slice(&4000u32.to_be_bytes());
+        let items = split(Layout::Blocks, &7u64.to_be_bytes(), &cut);
+        assert_eq!(items.len(), 2);
+        assert!(matches!(items[0], Ok((7, _))));
+        assert!(matches!(&items[1], Err(ProblemKind::Undecodable(m)) if m.contains("4000")));
+
+        let items = split(
+            Layout::Blocks,
+            &7u64.to_be_bytes(),
+            &block[..block.len() - 1],
+        );
+        assert!(matches!(
+            items.last(),
+            Some(Err(ProblemKind::Undecodable(_)))
+        ));
+        let items = split(Layout::Blocks, b"x", &block);
+        assert!(matches!(&items[..], [Err(ProblemKind::ForeignKey(k))] if k == "78"));
+        let items = split(Layout::PerRecord, &7u64.to_be_bytes(), &block);
+        assert!(matches!(&items[..], [Ok((7, v))] if v.len() == block.len()));
+    }
+}
