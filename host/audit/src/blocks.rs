@@ -86,8 +86,18 @@ pub(crate) fn split<'a>(
         }
         let (stored, tail) = tail.split_at(len);
         out.push(Ok((seq, stored)));
-        seq += 1;
         rest = tail;
+        // Only a forged key gets here (a log never numbers that far).
+        let Some(next) = seq.checked_add(1) else {
+            if !rest.is_empty() {
+                out.push(Err(ProblemKind::Undecodable(format!(
+                    "block {first}: records numbered past {}",
+                    u64::MAX
+                ))));
+            }
+            return out;
+        };
+        seq = next;
     }
     if out.is_empty() {
         out.push(Err(ProblemKind::Undecodable(format!(
@@ -188,32 +198,41 @@ impl Records {
                 }
             }
             Layout::Blocks => {
-                let mut seq = first;
-                let mut rest = stored;
-                while !rest.is_empty() {
-                    // At least one record per block, then as many as fit.
-                    let mut size = 4 + rest[0].len();
-                    let mut n = 1;
-                    while let Some(next) = rest.get(n) {
-                        if size + 4 + next.len() > BLOCK_BYTES {
-                            break;
-                        }
-                        size += 4 + next.len();
-                        n += 1;
-                    }
-                    let mut block = Vec::with_capacity(size);
-                    for v in &rest[..n] {
-                        // MAX_RECORD_BYTES (1 MiB) keeps every length within u32.
-                        block.extend_from_slice(&(v.len() as u32).to_be_bytes());
-                        block.extend_from_slice(v);
-                    }
+                for (seq, block) in blocks(first, stored) {
                     batch.insert(&record::key(seq), block);
-                    seq += n as u64;
-                    rest = &rest[n..];
                 }
             }
         }
     }
+}
+
+/// Stored records numbered from `first`, packed in order into blocks: `(first record's
+/// number, block)`. At least one record per block, then as many as fit in [`BLOCK_BYTES`].
+pub(crate) fn blocks(first: u64, stored: &[Vec<u8>]) -> Vec<(u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut seq = first;
+    let mut rest = stored;
+    while let Some(head) = rest.first() {
+        let mut size = 4 + head.len();
+        let mut n = 1;
+        while let Some(next) = rest.get(n) {
+            if size + 4 + next.len() > BLOCK_BYTES {
+                break;
+            }
+            size += 4 + next.len();
+            n += 1;
+        }
+        let mut block = Vec::with_capacity(size);
+        for v in &rest[..n] {
+            // MAX_RECORD_BYTES (1 MiB) keeps every length within u32.
+            block.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            block.extend_from_slice(v);
+        }
+        out.push((seq, block));
+        seq += n as u64;
+        rest = &rest[n..];
+    }
+    out
 }
 
 #[cfg(test)]
@@ -278,6 +297,47 @@ mod tests {
         assert_eq!(records.last().expect("last"), forward.last().cloned());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn blocks_split_back_into_the_records_packed(
+            first in 0u64..u64::MAX / 2,
+            sizes in proptest::collection::vec(1usize..3 * BLOCK_BYTES, 1..40),
+        ) {
+            let stored: Vec<Vec<u8>> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| vec![i as u8; *n])
+                .collect();
+            let mut back = Vec::new();
+            for (key, block) in blocks(first, &stored) {
+                let items = split(Layout::Blocks, &record::key(key), &block);
+                proptest::prop_assert!(block.len() <= BLOCK_BYTES || items.len() == 1);
+                for item in items {
+                    let (seq, v) = item.map_err(|e| {
+                        proptest::test_runner::TestCaseError::fail(e.to_string())
+                    })?;
+                    back.push((seq, v.to_vec()));
+                }
+            }
+            let expected: Vec<(u64, Vec<u8>)> = (first..).zip(stored).collect();
+            proptest::prop_assert_eq!(back, expected);
+        }
+
+        #[test]
+        fn any_stored_bytes_split_without_panicking(
+            key in proptest::collection::vec(proptest::num::u8::ANY, 0..12),
+            value in proptest::collection::vec(proptest::num::u8::ANY, 0..600),
+        ) {
+            let items = split(Layout::Blocks, &key, &value);
+            proptest::prop_assert!(!items.is_empty());
+            let errors = items.iter().filter(|i| i.is_err()).count();
+            proptest::prop_assert!(errors <= 1);
+            proptest::prop_assert!(errors == 0 || items.last().is_some_and(|i| i.is_err()));
+            let bytes: usize = items.iter().flatten().map(|(_, v)| 4 + v.len()).sum();
+            proptest::prop_assert!(bytes <= value.len());
+        }
+    }
+
     #[test]
     fn a_bad_length_ends_the_block_at_that_record() {
         let mut block = Vec::new();
@@ -302,6 +362,8 @@ mod tests {
             items.last(),
             Some(Err(ProblemKind::Undecodable(_)))
         ));
+        let items = split(Layout::Blocks, &u64::MAX.to_be_bytes(), &block);
+        assert!(matches!(&items[..], [Ok((u64::MAX, _)), Err(ProblemKind::Undecodable(_))]));
         let items = split(Layout::Blocks, b"x", &block);
         assert!(matches!(&items[..], [Err(ProblemKind::ForeignKey(k))] if k == "78"));
         let items = split(Layout::PerRecord, &7u64.to_be_bytes(), &block);
