@@ -363,7 +363,10 @@ mod tests {
             Some(Err(ProblemKind::Undecodable(_)))
         ));
         let items = split(Layout::Blocks, &u64::MAX.to_be_bytes(), &block);
-        assert!(matches!(&items[..], [Ok((u64::MAX, _)), Err(ProblemKind::Undecodable(_))]));
+        assert!(matches!(
+            &items[..],
+            [Ok((u64::MAX, _)), Err(ProblemKind::Undecodable(_))]
+        ));
         let items = split(Layout::Blocks, b"x", &block);
         assert!(matches!(&items[..], [Err(ProblemKind::ForeignKey(k))] if k == "78"));
         let items = split(Layout::PerRecord, &7u64.to_be_bytes(), &block);
