@@ -409,7 +409,13 @@ fn deferred_batches_return_at_once_and_complete_in_order_on_a_slow_disk() {
 #[test]
 fn telemetry_is_stored_in_blocks_and_read_back_record_by_record() {
     let dir = TempDir::new().expect("tempdir");
-    let log = AuditLog::open_with(dir.path(), "clinic-1", manual_checkpoints()).expect("open");
+    // Telemetry committed only when flushed: one group commit of 600, however slowly this
+    // thread runs on a loaded machine.
+    let config = modalis_audit::AuditConfig {
+        telemetry_delay: Duration::from_secs(600),
+        ..manual_checkpoints()
+    };
+    let log = AuditLog::open_with(dir.path(), "clinic-1", config).expect("open");
     for i in 0..600 {
         log.append_telemetry("laser-1", Some("s0"), json!({ "mw": 498, "i": i }))
             .expect("telemetry");
@@ -434,13 +440,26 @@ fn telemetry_is_stored_in_blocks_and_read_back_record_by_record() {
         let b = blocks(records);
         assert_eq!(b.iter().map(|(_, n)| n).sum::<usize>(), 601);
         assert!(b.len() <= 60, "601 records in {} blocks", b.len());
-        for (first, n) in &b {
+        // Packed greedily: each block of the commit is full, i.e. the next record would
+        // not have fitted; the durable append after it is a block of its own.
+        assert_eq!(b.last(), Some(&(600, 1)));
+        for pair in b.windows(2) {
+            let [(first, n), (next, _)] = pair else {
+                unreachable!()
+            };
             let size = records
                 .get(key(*first))
                 .expect("get")
                 .expect("present")
                 .len();
             assert!(size <= 8 * 1024 || *n == 1, "block {first}: {size} bytes");
+            if *next < 600 {
+                let following = stored(records, *next).len();
+                assert!(
+                    size + 4 + following > 8 * 1024,
+                    "block {first} ({size} bytes) had room for record {next} ({following})"
+                );
+            }
         }
     });
     let r = report(dir.path());
