@@ -1521,8 +1521,8 @@ async fn a_slow_disk_holds_back_energy_commands_but_never_a_stop() {
         )
     })
     .expect("simulator running");
-    // The e-stop's reply waits for its session-end records (written before the controller
-    // answers), so the devices are watched while it is being served.
+    // The devices are watched while the e-stop is being served: the stops go out before
+    // the reply, and the reply must not be what the measurement waits for.
     let pressed = Instant::now();
     let (served, took) = tokio::join!(
         tokio::time::timeout(WAIT, rig.ctl().estop("console", "test")),
