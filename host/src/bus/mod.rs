@@ -1138,30 +1138,50 @@ impl Poller {
     }
 
     /// A clean end: publish the will's message ourselves (the broker discards the will on a
-    /// clean DISCONNECT), disconnect, and keep polling until the DISCONNECT is out or the
-    /// grace period is over.
+    /// clean DISCONNECT), disconnect, and keep polling until the broker has closed the
+    /// connection or the grace period is over.
     async fn shutdown(mut self) {
         if !self.shared.link.borrow().connected {
             return;
         }
-        let will = lock(&self.shared.will).clone();
-        if let Some(w) = will {
-            // try_*: this is the polling task, which must never wait on its own channel.
-            if let Err(e) =
-                self.client
-                    .try_publish(w.topic, w.qos.to_rumqttc(), w.retain, w.payload)
-            {
-                tracing::warn!(error = %e, "could not queue the offline state at shutdown");
-            }
-        }
-        if let Err(e) = self.client.try_disconnect() {
-            tracing::warn!(error = %e, "could not queue DISCONNECT at shutdown");
-            return;
-        }
+        // The will's message and the DISCONNECT go behind everything already queued. try_*:
+        // this is the polling task, which must never wait on its own channel; while the
+        // channel is full, polling sends what is queued and makes room.
+        let mut will = lock(&self.shared.will).clone();
+        let mut disconnect_queued = false;
+        // Not done when the DISCONNECT is written either: dropping the event loop then
+        // closes a socket that still holds unread PUBACKs, and Linux answers that close with
+        // a reset, which makes the broker discard what it has not read yet: the last
+        // messages before the DISCONNECT (a session's final `e-stopped` status, lost in the
+        // dashboard test) and the DISCONNECT itself, so the broker published the will. The
+        // broker closes the connection once it has read the DISCONNECT, and with it
+        // everything before; the poll that reports that close ends this.
         let deadline = tokio::time::Instant::now() + self.grace;
         loop {
+            if let Some(w) = &will {
+                let queued = self.client.try_publish(
+                    w.topic.clone(),
+                    w.qos.to_rumqttc(),
+                    w.retain,
+                    w.payload.clone(),
+                );
+                if queued.is_ok() {
+                    will = None;
+                }
+            }
+            if will.is_none() && !disconnect_queued {
+                disconnect_queued = self.client.try_disconnect().is_ok();
+            }
             match tokio::time::timeout_at(deadline, self.eventloop.poll()).await {
-                Ok(Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))) | Ok(Err(_)) | Err(_) => {
+                Ok(Err(_)) => break,
+                Err(_) => {
+                    if !disconnect_queued {
+                        tracing::warn!(
+                            grace = ?self.grace,
+                            "the outgoing queue did not drain at shutdown: the offline state \
+                             or the DISCONNECT was not sent, and the broker will publish the will"
+                        );
+                    }
                     break;
                 }
                 Ok(Ok(_)) => {}

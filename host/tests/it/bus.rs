@@ -409,6 +409,73 @@ async fn clean_shutdown_publishes_offline_too() {
     cancel.cancel();
 }
 
+/// The messages published just before a clean shutdown reach subscribers: the bus does not
+/// drop its connection until the broker has read the DISCONNECT and everything before it. (It
+/// used to stop at the DISCONNECT's write; closing a socket with unread PUBACKs sends a
+/// reset, and mosquitto dropped what it had not read yet: a dashboard missed a session's
+/// final `e-stopped` status.)
+async fn last_messages_before_a_clean_shutdown(broker: TestBroker) {
+    let cancel = CancellationToken::new();
+    for round in 0..5 {
+        let t = topics(&format!("ctl-last-{round}"));
+        let ctl_cancel = CancellationToken::new();
+        // Client ids of their own: a second "dash" would take the first one's session over.
+        let ctl = Bus::start(
+            controller_config(&broker, &t, &format!("ctl-{round}")),
+            ctl_cancel.clone(),
+        )
+        .expect("ok");
+        ctl.handle.wait_connected(WAIT).await.expect("connects");
+        let mut dash = dashboard(&broker, &t, &format!("dash-{round}"), &cancel);
+        dash.handle.wait_connected(WAIT).await.expect("connects");
+        recv_until(&mut dash.inbox, "online", |ev| {
+            state_of(ev).filter(|(s, _)| s.state == Presence::Online)
+        })
+        .await;
+        // A burst of QoS 1 messages, the last one then the shutdown at once: their PUBACKs
+        // are still arriving when the bus disconnects.
+        const LAST: u64 = 400;
+        for counter in 2..=LAST {
+            ctl.handle
+                .publish(
+                    &t.state(),
+                    &controller_state(&t, Presence::Online, counter),
+                    Qos::AtLeastOnce,
+                    false,
+                )
+                .await
+                .expect("queued");
+        }
+        let stopping = std::time::Instant::now();
+        ctl_cancel.cancel();
+        tokio::time::timeout(WAIT, ctl.task.join())
+            .await
+            .expect("the bus task ends after cancel");
+        println!("{}: shutdown took {:?}", broker.name(), stopping.elapsed());
+        recv_until(
+            &mut dash.inbox,
+            &format!("round {round}: the last message before the shutdown"),
+            |ev| state_of(ev).filter(|(s, _)| s.session_counter == LAST),
+        )
+        .await;
+        recv_until(&mut dash.inbox, "offline after the shutdown", |ev| {
+            state_of(ev).filter(|(s, _)| s.state == Presence::Offline)
+        })
+        .await;
+    }
+    cancel.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_messages_before_a_clean_shutdown_reach_subscribers_on_mosquitto() {
+    last_messages_before_a_clean_shutdown(TestBroker::mosquitto()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_messages_before_a_clean_shutdown_reach_subscribers_on_rumqttd() {
+    last_messages_before_a_clean_shutdown(TestBroker::embedded().await).await;
+}
+
 fn telemetry(device: &str, value: f64) -> DeviceTelemetry {
     DeviceTelemetry {
         seq: 1,
