@@ -10,7 +10,9 @@
 //! Why: sled 0.34 keeps about 16 bytes of memory for every key it stores, beyond its page
 //! cache and for as long as the database is open, also after a reopen (sled #986, #1410;
 //! measured with `AUDIT_BENCH_SOAK`, BENCHMARKS.md). One key per record made a controller
-//! under telemetry load grow by ~40 MiB a minute. Blocks divide that by the records per block.
+//! under telemetry load grow by ~40 MiB a minute. Blocks divide sled's share by the records
+//! per block (the soaks in BENCHMARKS.md: 17 bytes per record before, about 1 after the
+//! first minutes).
 //! The cap keeps sled's leaf nodes (up to 17 entries) clear of its blob threshold (a quarter
 //! of its 512 KiB segment), above which every node rewrite becomes a file of its own:
 //! 27 KiB values did that in a raw sled trial, 12 KiB ones did not.
@@ -41,8 +43,8 @@ pub(crate) enum Layout {
     Blocks,
 }
 
-/// One stored record as read, `(seq, hash || body)`, or why it could not be read. The
-/// error's sequence number is where the reader expected the next record.
+/// One stored record as read, `(seq, hash || body)`, or why it could not be read (the chain
+/// walk reports that at the record it expected next).
 pub(crate) type RawItem = Result<(u64, Vec<u8>), ProblemKind>;
 
 /// The records tree with its layout: every record-level read and the writer's packing.
