@@ -406,6 +406,19 @@ fn deferred_batches_return_at_once_and_complete_in_order_on_a_slow_disk() {
     assert_eq!(r.records, 5);
 }
 
+/// Follows the open log over `seqs` and checks each record comes with its number. The
+/// follower is dropped before returning: it holds the database open, as the log does.
+fn follows_in_order(log: &AuditLog, seqs: std::ops::Range<u64>) {
+    let mut follow = log.follow(seqs.start);
+    for seq in seqs {
+        let r = follow
+            .next_timeout(Duration::from_secs(5))
+            .expect("read")
+            .expect("present");
+        assert_eq!(r.seq, seq);
+    }
+}
+
 #[test]
 fn telemetry_is_stored_in_blocks_and_read_back_record_by_record() {
     let dir = TempDir::new().expect("tempdir");
@@ -423,16 +436,7 @@ fn telemetry_is_stored_in_blocks_and_read_back_record_by_record() {
     log.flush_pending().expect("flush");
     assert_eq!(log.append(entry(0)).expect("append"), 600);
     // In this process, from the open log.
-    let mut follow = log.follow(0);
-    for seq in 0..=600 {
-        let r = follow
-            .next_timeout(Duration::from_secs(5))
-            .expect("read")
-            .expect("present");
-        assert_eq!(r.seq, seq);
-    }
-    // The follower holds the database open, as the log does.
-    drop(follow);
+    follows_in_order(&log, 0..601);
     log.close().expect("close");
 
     with_sled(dir.path(), |records, meta| {
@@ -494,16 +498,7 @@ fn a_log_written_one_record_per_key_is_read_and_extended_in_its_own_layout() {
             .expect("telemetry");
     }
     assert_eq!(log.append(entry(12)).expect("append"), 18);
-    let mut follow = log.follow(10);
-    for seq in 10..19 {
-        let r = follow
-            .next_timeout(Duration::from_secs(5))
-            .expect("read")
-            .expect("present");
-        assert_eq!(r.seq, seq);
-    }
-    // The follower holds the database open, as the log does.
-    drop(follow);
+    follows_in_order(&log, 10..19);
     log.close().expect("close");
 
     with_sled(dir.path(), |records, meta| {
