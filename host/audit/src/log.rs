@@ -111,7 +111,12 @@ enum Msg {
         done: Option<Reply<u64>>,
     },
     /// Several records that go into one group commit together: all are written or none.
-    AppendBatch(Vec<Pending>),
+    /// `hold_until`: not committed before then unless something else forces a commit (see
+    /// [`AuditLog::append_batch_held`]).
+    AppendBatch {
+        items: Vec<Pending>,
+        hold_until: Option<Instant>,
+    },
     Flush(Reply<u64>),
     Checkpoint(Reply<Checkpoint>),
     Shutdown(Reply<()>),
@@ -245,6 +250,22 @@ impl AuditLog {
     /// receipt to a thread of its own and acts on the results when they come. Receipts
     /// complete in the order their batches were appended: the writer is one thread.
     pub fn append_batch_deferred(&self, entries: Vec<Entry>) -> BatchReceipt {
+        self.append_batch_with(entries, None)
+    }
+
+    /// [`AuditLog::append_batch_deferred`] for records of an act already carried out (stop
+    /// commands, which are published before they are written): their group commit waits
+    /// `hold` so that its CPU and disk work does not compete with the act itself on its way
+    /// out (on a 2-core machine the commit ran beside the stop's delivery; see BENCHMARKS.md).
+    /// Order with every other append is kept. Anything that needs a commit sooner (a flush, a
+    /// checkpoint, a close, a full batch, a record appended later by someone waiting for it)
+    /// takes these records with it, so a hold only ever delays these records, by at most
+    /// `hold`.
+    pub fn append_batch_held(&self, entries: Vec<Entry>, hold: Duration) -> BatchReceipt {
+        self.append_batch_with(entries, Instant::now().checked_add(hold))
+    }
+
+    fn append_batch_with(&self, entries: Vec<Entry>, hold_until: Option<Instant>) -> BatchReceipt {
         // One message, not one per record: sent separately, the writer could pick up the
         // first records before the rest arrived and commit them on their own.
         let (items, waits): (Vec<Pending>, Vec<_>) = entries
@@ -264,7 +285,7 @@ impl AuditLog {
         if items.is_empty() {
             return BatchReceipt { waits: Ok(waits) };
         }
-        if self.send(Msg::AppendBatch(items)).is_err() {
+        if self.send(Msg::AppendBatch { items, hold_until }).is_err() {
             return BatchReceipt {
                 waits: Err(waits.len()),
             };
@@ -503,9 +524,17 @@ impl Writer {
         // When the oldest unwritten telemetry record arrived.
         let mut oldest: Option<Instant> = None;
         let max_drain = self.config.telemetry_batch.max(1) * 4;
+        // The latest `hold_until` of the held batches pending, and whether a record someone
+        // waits for arrived outside any hold (which ends the hold: it is committed at once).
+        let mut hold: Option<Instant> = None;
+        let mut unheld = false;
         loop {
             let mut disconnected = false;
-            let first = match self.deadline(oldest) {
+            let wake = match (self.deadline(oldest), hold) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let first = match wake {
                 Some(at) => match self
                     .rx
                     .recv_timeout(at.saturating_duration_since(Instant::now()))
@@ -538,6 +567,7 @@ impl Writer {
                         if done.is_none() && oldest.is_none() {
                             oldest = Some(Instant::now());
                         }
+                        unheld |= done.is_some();
                         pending.push(Pending {
                             entry,
                             json,
@@ -546,7 +576,13 @@ impl Writer {
                             done,
                         });
                     }
-                    Msg::AppendBatch(items) => pending.extend(items),
+                    Msg::AppendBatch { items, hold_until } => {
+                        match hold_until {
+                            Some(t) => hold = Some(hold.map_or(t, |h| h.max(t))),
+                            None => unheld = true,
+                        }
+                        pending.extend(items);
+                    }
                     Msg::Flush(r) => waiters.push(Waiter::Flush(r)),
                     Msg::Checkpoint(r) => waiters.push(Waiter::Checkpoint(r)),
                     Msg::Shutdown(r) => waiters.push(Waiter::Shutdown(r)),
@@ -568,9 +604,16 @@ impl Writer {
                 !waiters.is_empty() || pending.iter().any(|p| p.done.is_some()) || disconnected;
             let full = pending.len() >= self.config.telemetry_batch;
             let due = oldest.is_some_and(|t| t.elapsed() >= self.config.telemetry_delay);
-            if !pending.is_empty() && (someone_waits || full || due) {
+            let held = hold.is_some_and(|t| Instant::now() < t)
+                && !unheld
+                && waiters.is_empty()
+                && !disconnected
+                && !full;
+            if !pending.is_empty() && !held && (someone_waits || full || due) {
                 self.commit(&mut pending);
                 oldest = None;
+                hold = None;
+                unheld = false;
             }
 
             let wants_checkpoint = waiters

@@ -406,6 +406,67 @@ fn deferred_batches_return_at_once_and_complete_in_order_on_a_slow_disk() {
     assert_eq!(r.records, 5);
 }
 
+#[test]
+fn a_held_batch_waits_out_its_hold_unless_something_needs_a_commit_sooner() {
+    // The controller holds the records of stops it has already published for a moment, so
+    // their commit does not run beside the stops' delivery. The hold only ever delays those
+    // records: order is kept, and a flush or a record someone waits for takes them along.
+    let dir = TempDir::new().expect("tempdir");
+    let log = AuditLog::open_with(dir.path(), "clinic-1", manual_checkpoints()).expect("open");
+
+    // Alone, a held batch is committed no sooner than its hold.
+    const HOLD: Duration = Duration::from_millis(150);
+    let handed = std::time::Instant::now();
+    let held = log.append_batch_held((0..2).map(entry).collect(), HOLD);
+    let numbers: Vec<u64> = held
+        .wait()
+        .into_iter()
+        .map(|r| r.expect("written"))
+        .collect();
+    assert_eq!(numbers, vec![0, 1]);
+    assert!(
+        handed.elapsed() >= HOLD,
+        "committed after {:?}, inside its {HOLD:?} hold",
+        handed.elapsed()
+    );
+
+    // A batch someone waits for, appended during a long hold, is committed at once and takes
+    // the held records with it, in order.
+    const LONG: Duration = Duration::from_secs(60);
+    let handed = std::time::Instant::now();
+    let held = log.append_batch_held((2..4).map(entry).collect(), LONG);
+    let plain = log.append_batch((4..5).map(entry).collect());
+    assert_eq!(
+        plain
+            .into_iter()
+            .map(|r| r.expect("written"))
+            .collect::<Vec<_>>(),
+        vec![4]
+    );
+    assert_eq!(
+        held.wait()
+            .into_iter()
+            .map(|r| r.expect("written"))
+            .collect::<Vec<_>>(),
+        vec![2, 3]
+    );
+    // So does a flush, and a close.
+    let held = log.append_batch_held((5..6).map(entry).collect(), LONG);
+    assert_eq!(log.flush_pending().expect("flush"), 6);
+    assert!(held.wait().iter().all(Result::is_ok));
+    let last = log.append_batch_held((6..7).map(entry).collect(), LONG);
+    log.close().expect("close");
+    assert!(last.wait().iter().all(Result::is_ok));
+    assert!(
+        handed.elapsed() < LONG / 2,
+        "a {LONG:?} hold held up a commit someone needed: {:?}",
+        handed.elapsed()
+    );
+    let r = report(dir.path());
+    assert!(r.is_ok(), "{r}");
+    assert_eq!(r.records, 7);
+}
+
 /// Follows the open log over `seqs` and checks each record comes with its number. The
 /// follower is dropped before returning: it holds the database open, as the log does.
 fn follows_in_order(log: &AuditLog, seqs: std::ops::Range<u64>) {
