@@ -13,7 +13,8 @@
 //! and its own timer. Every energy command goes **governor → audit (write-ahead) → MQTT**:
 //! the supervisor admits it, the audit log has it on disk, and only then is it published.
 //! Stops are the exception to the middle step: a stop is published first and written after
-//! (stopping is always safe, and waiting for the disk was most of a reaction's latency); it
+//! (stopping is always safe, and waiting for the disk was most of a reaction's latency; a
+//! batch of stops only is even committed a moment later, [`STOP_RECORD_HOLD`]); it
 //! withdraws an energy command for its channel still waiting for the disk, so nothing it
 //! stops can arrive after it; and when the audit log fails a stop is still sent, energy
 //! commands are not.
@@ -410,6 +411,13 @@ enum Op {
 /// A loop turn longer than this is counted as slow ([`ControllerStats::slow_turns`]): twice
 /// the step-start jitter target of the scale benchmark (BENCHMARKS.md).
 const SLOW_TURN: Duration = Duration::from_millis(10);
+
+/// How long the records of a batch of stops wait before their group commit
+/// ([`AuditLog::append_batch_held`]): about the time a stop takes from the controller through
+/// the broker to a device on loopback at idle (0.2-0.4 ms, BENCHMARKS.md), with margin. The
+/// reading and the decision behind a stop are themselves group-committed within the audit
+/// log's telemetry delay, so this does not widen what a crash can lose in a way that matters.
+const STOP_RECORD_HOLD: Duration = Duration::from_millis(1);
 
 /// At most this many already-queued bus events join one loop turn ([`Core::drain_inbox`]),
 /// and only while the turn is younger than [`DRAIN_TIME`]: a reading costs tens of
@@ -1730,7 +1738,14 @@ impl Core {
         }
         let id = self.next_batch;
         self.next_batch += 1;
-        let receipt = self.audit.append_batch_deferred(entries);
+        // A batch of stops only (already published above) is committed a moment later, so
+        // that the commit's CPU and disk work does not compete with the stops on their way to
+        // the devices; a batch with an energy command waits for nothing but the disk.
+        let receipt = if batch.iter().all(|q| !q.energy) {
+            self.audit.append_batch_held(entries, STOP_RECORD_HOLD)
+        } else {
+            self.audit.append_batch_deferred(entries)
+        };
         let results = match self.audit_waiter.send((id, receipt)) {
             Ok(()) => None,
             // The waiter thread is gone (it cannot be, short of a panic in it): wait here, as
