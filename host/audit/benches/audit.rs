@@ -10,6 +10,9 @@
 //! `cargo bench -p modalis-audit --bench audit`. Set `AUDIT_BENCH_DIR` to measure on another
 //! disk (default: the system temporary directory).
 //!
+//! - reading forward from record 0 as `follow` does, from the sled directory and through a
+//!   running controller's live feed, against sled's own scan of the same tree.
+//!
 //! Memory instead: `AUDIT_BENCH_SOAK=log` (or `=sled`, the floor) runs one long soak at a
 //! fixed rate and prints the process's RSS as it goes (`AUDIT_BENCH_SOAK_S`, default 60;
 //! `AUDIT_BENCH_SOAK_RATE`, default 40 000 records/s).
@@ -17,7 +20,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use modalis_audit::{Actor, AuditConfig, AuditLog, Entry, Event};
+use modalis_audit::{Actor, AuditConfig, AuditLog, AuditReader, Entry, Event, layout};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -117,6 +120,41 @@ fn audit_telemetry(n: u64) -> f64 {
     assert_eq!(written, n);
     log.close().expect("close");
     r
+}
+
+/// Records read forward from 0 per second, as `follow` reads them: (through the feed of the
+/// open log, from the directory after close, sled's own scan of the records tree).
+fn follow_forward(n: u64) -> (f64, f64, f64) {
+    let dir = fresh();
+    let log = open(&dir);
+    for i in 0..n {
+        log.append_telemetry("laser-1", Some("s-1"), telemetry_payload(i))
+            .expect("telemetry");
+    }
+    assert_eq!(log.flush_pending().expect("flush"), n);
+    let follow_all = || {
+        let reader = AuditReader::open(dir.path()).expect("reader");
+        let mut follow = reader.follow(0).expect("follow");
+        let start = Instant::now();
+        for seq in 0..n {
+            let r = follow
+                .next_timeout(Duration::from_secs(5))
+                .expect("a good record")
+                .expect("stored");
+            assert_eq!(r.seq, seq);
+        }
+        rate(n, start.elapsed())
+    };
+    let live = follow_all();
+    log.close().expect("close");
+    let local = follow_all();
+    let db = sled::open(dir.path().join(layout::SLED_DIR)).expect("sled");
+    let tree = db.open_tree(layout::RECORDS_TREE).expect("tree");
+    let start = Instant::now();
+    let bytes: usize = tree.iter().map(|kv| kv.expect("entry").1.len()).sum();
+    let floor = rate(n, start.elapsed());
+    assert!(bytes as u64 > n);
+    (live, local, floor)
 }
 
 fn audit_commands(n: u64, writers: u64) -> f64 {
@@ -326,6 +364,16 @@ fn main() {
         "telemetry, group-committed: {tele:>10.0} records/s   sled raw insert: {raw:>10.0}/s   ratio {:.2}   target >= 50000/s: {}",
         tele / raw,
         if tele >= 50_000.0 { "met" } else { "MISSED" }
+    );
+
+    let reads: Vec<(f64, f64, f64)> = (0..RUNS).map(|_| follow_forward(TELEMETRY)).collect();
+    let live = median(reads.iter().map(|r| r.0).collect());
+    let local = median(reads.iter().map(|r| r.1).collect());
+    let scan = median(reads.iter().map(|r| r.2).collect());
+    println!(
+        "follow from 0, live feed:   {live:>10.0} records/s   from the directory: {local:>10.0}/s   sled scan of the tree: {scan:>10.0}/s   ratios {:.2} / {:.2}",
+        live / scan,
+        local / scan
     );
 
     let raw_flush = runs(|| sled_raw_insert_flush(COMMANDS, &value));

@@ -53,7 +53,8 @@ pub use verify::{Problem, ProblemKind, VerifyOptions, VerifyReport, verify, veri
 pub mod layout {
     /// The sled database directory.
     pub const SLED_DIR: &str = "sled";
-    /// The sled tree of records, keyed by 8-byte big-endian sequence number.
+    /// The sled tree of records: blocks keyed by their first record's 8-byte big-endian
+    /// sequence number (one record per key in logs written before blocks).
     pub const RECORDS_TREE: &str = "records";
     /// The sled tree holding the controller id and the chain head.
     pub const META_TREE: &str = "meta";

@@ -228,6 +228,8 @@ pub struct Follow {
     source: FollowSource,
     next: u64,
     prev: Option<ChainHash>,
+    /// Local only: the rest of the block `next` is in, read once ([`Records::run_from`]).
+    ahead: std::collections::VecDeque<(u64, Vec<u8>)>,
 }
 
 #[derive(Debug)]
@@ -244,6 +246,7 @@ impl Follow {
             source: FollowSource::Local(records),
             next: from,
             prev: None,
+            ahead: std::collections::VecDeque::new(),
         }
     }
 
@@ -270,6 +273,7 @@ impl Follow {
             source: FollowSource::Live(rx),
             next: start,
             prev: None,
+            ahead: std::collections::VecDeque::new(),
         };
         if from > 0 {
             // Wait for the record before `from`, bounded: it exists unless `from` is past
@@ -336,13 +340,19 @@ impl Follow {
                 const POLL: Duration = Duration::from_millis(20);
                 let start = Instant::now();
                 let seq = self.next;
+                if self.ahead.front().is_some_and(|(s, _)| *s != seq) {
+                    self.ahead.clear();
+                }
                 loop {
-                    let found = records.get(seq).map_err(|kind| AuditError::Corrupt {
-                        seq,
-                        reason: kind.to_string(),
-                    })?;
-                    if let Some(v) = found {
-                        return Ok(Some((seq, v)));
+                    if self.ahead.is_empty() {
+                        let run = records.run_from(seq).map_err(|kind| AuditError::Corrupt {
+                            seq,
+                            reason: kind.to_string(),
+                        })?;
+                        self.ahead.extend(run);
+                    }
+                    if let Some(found) = self.ahead.pop_front() {
+                        return Ok(Some(found));
                     }
                     let waited = start.elapsed();
                     if waited >= timeout {
