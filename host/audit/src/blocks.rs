@@ -177,8 +177,8 @@ impl Records {
     }
 
     /// The stored records from `seq` to the end of the block holding it, in order: what a
-    /// reader going forward (the live feed, `follow`) needs next, for one lookup and one split
-    /// instead of one of each per record. Empty when `seq` is not stored (yet). A damaged
+    /// reader going forward (`follow`) needs next, for one lookup and one split instead of one
+    /// of each per record. (The live feed does not use it: see BENCHMARKS.md.) Empty when `seq` is not stored (yet). A damaged
     /// block yields its records up to the damage; the damage is the error of the call that
     /// starts at it, as [`Records::get`] reports it.
     pub(crate) fn run_from(&self, seq: u64) -> Result<Vec<(u64, Vec<u8>)>, ProblemKind> {
