@@ -365,8 +365,18 @@ impl AuditLog {
 
     /// Writes everything queued, checkpoints and stops the writer. Later appends through any
     /// clone fail with [`AuditError::Closed`].
+    ///
+    /// Closed through its last handle, the log's database is released when this returns: the
+    /// log can be opened again at once, by this process or another (`verify`, a restarted
+    /// controller).
     pub fn close(self) -> Result<(), AuditError> {
-        self.inner.shutdown()
+        let result = self.inner.shutdown();
+        if let Ok(inner) = Arc::try_unwrap(self.inner) {
+            let db = inner.dir.join(layout::SLED_DIR).join(SLED_LOCK_FILE);
+            drop(inner);
+            wait_until_unlocked(&db, Duration::from_secs(5));
+        }
+        result
     }
 
     /// The public half of the checkpoint signing key.
@@ -480,6 +490,32 @@ impl Drop for Inner {
     fn drop(&mut self) {
         if let Err(e) = self.shutdown() {
             tracing::error!(error = %e, "closing the audit log");
+        }
+    }
+}
+
+/// The file in sled's directory that sled 0.34 holds an exclusive `flock` on while the
+/// database is open.
+const SLED_LOCK_FILE: &str = "db";
+
+/// Waits, at most `bound`, until nothing holds `file`'s lock. sled 0.34 can still hold it for
+/// a moment after its last handle is dropped (a write of its own finishing on a background
+/// thread); an open right then fails with "could not acquire lock" (seen once in CI, in a
+/// test that edits a log right after closing it). Best effort: if the lock cannot be probed
+/// the wait is skipped, and after `bound` it gives up silently (the next open reports it).
+fn wait_until_unlocked(file: &Path, bound: Duration) {
+    let Ok(f) = std::fs::File::open(file) else {
+        return;
+    };
+    let until = Instant::now() + bound;
+    loop {
+        match f.try_lock() {
+            // Ours is released when `f` is dropped.
+            Ok(()) => return,
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(_) => return,
         }
     }
 }
