@@ -566,11 +566,7 @@ impl Writer {
         let mut unheld = false;
         loop {
             let mut disconnected = false;
-            let wake = match (self.deadline(oldest), hold) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            let first = match wake {
+            let first = match self.deadline(oldest, hold) {
                 Some(at) => match self
                     .rx
                     .recv_timeout(at.saturating_duration_since(Instant::now()))
@@ -699,16 +695,13 @@ impl Writer {
         }
     }
 
-    /// When the writer must wake up without a message: to commit waiting telemetry or to
-    /// write a time-based checkpoint.
-    fn deadline(&self, oldest: Option<Instant>) -> Option<Instant> {
+    /// When the writer must wake up without a message: to commit waiting telemetry, to
+    /// commit held batches when their hold ends, or to write a time-based checkpoint.
+    fn deadline(&self, oldest: Option<Instant>, hold: Option<Instant>) -> Option<Instant> {
         let batch = oldest.map(|t| t + self.config.telemetry_delay);
         let cp = (self.count > self.cp_count())
             .then(|| self.last_cp_at + self.config.checkpoint_interval);
-        match (batch, cp) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [batch, hold, cp].into_iter().flatten().min()
     }
 
     fn cp_count(&self) -> u64 {
