@@ -277,26 +277,35 @@ pub(crate) fn blocks(first: u64, stored: &[Vec<u8>]) -> Vec<(u64, Vec<u8>)> {
 mod tests {
     use super::*;
 
-    fn tree() -> (tempfile::TempDir, sled::Tree) {
-        let dir = tempfile::TempDir::new().expect("tempdir");
-        let db = sled::open(dir.path()).expect("sled");
-        let tree = db.open_tree("records").expect("tree");
-        (dir, tree)
-    }
-
     fn stored(i: u64, len: usize) -> Vec<u8> {
         let mut v = vec![(i % 251) as u8; len];
         v[..8].copy_from_slice(&i.to_be_bytes());
         v
     }
 
+    /// The block value of records `seqs`, each `stored(i, 40)`, written by hand from the
+    /// documented layout (`u32be length || record`, repeated).
+    fn hand_block(seqs: std::ops::Range<u64>) -> Vec<u8> {
+        let mut block = Vec::new();
+        for i in seqs {
+            let v = stored(i, 40);
+            block.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            block.extend_from_slice(&v);
+        }
+        block
+    }
+
+    /// An empty records tree in `layout`, in a directory of its own.
+    fn empty_records(layout: Layout) -> (tempfile::TempDir, Records) {
+        let dir = tempfile::TempDir::new().expect("tempdir");
+        let db = sled::open(dir.path()).expect("sled");
+        let tree = db.open_tree("records").expect("tree");
+        (dir, Records { tree, layout })
+    }
+
     #[test]
     fn packed_blocks_read_back_record_by_record_in_both_directions() {
-        let (_dir, tree) = tree();
-        let records = Records {
-            tree,
-            layout: Layout::Blocks,
-        };
+        let (_dir, records) = empty_records(Layout::Blocks);
         // Two commits: small records, then one larger than a block between small ones.
         let first: Vec<Vec<u8>> = (0..50).map(|i| stored(i, 400)).collect();
         let second: Vec<Vec<u8>> = (50..53)
@@ -362,17 +371,8 @@ mod tests {
 
     #[test]
     fn a_run_stops_at_damage_and_the_next_one_reports_it() {
-        let (_dir, tree) = tree();
-        let records = Records {
-            tree,
-            layout: Layout::Blocks,
-        };
-        let mut block = Vec::new();
-        for i in 10..14u64 {
-            let v = stored(i, 40);
-            block.extend_from_slice(&(v.len() as u32).to_be_bytes());
-            block.extend_from_slice(&v);
-        }
+        let (_dir, records) = empty_records(Layout::Blocks);
+        let mut block = hand_block(10..14);
         // The third record's length says more than the block holds.
         block[88..92].copy_from_slice(&4000u32.to_be_bytes());
         records.tree.insert(record::key(10), block).expect("insert");
@@ -386,11 +386,7 @@ mod tests {
         assert_eq!(Err(damage), records.get(12), "reported as get reports it");
 
         // One record per key (layout 1): a run is that record.
-        let (_dir, tree) = super::tests::tree();
-        let old = Records {
-            tree,
-            layout: Layout::PerRecord,
-        };
+        let (_dir, old) = empty_records(Layout::PerRecord);
         old.tree
             .insert(record::key(3), stored(3, 40))
             .expect("insert");
@@ -441,12 +437,7 @@ mod tests {
 
     #[test]
     fn a_bad_length_ends_the_block_at_that_record() {
-        let mut block = Vec::new();
-        for i in 0..3u64 {
-            let v = stored(i, 40);
-            block.extend_from_slice(&(v.len() as u32).to_be_bytes());
-            block.extend_from_slice(&v);
-        }
+        let block = hand_block(0..3);
         let mut cut = block.clone();
         cut[44..48].copy_from_slice(&4000u32.to_be_bytes());
         let items = split(Layout::Blocks, &7u64.to_be_bytes(), &cut);

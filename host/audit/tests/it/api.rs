@@ -429,6 +429,11 @@ fn a_closed_log_is_released_at_once() {
     assert!(r.is_ok(), "{r}");
 }
 
+/// A batch's record numbers, every record written.
+fn written(results: Vec<Result<u64, AuditError>>) -> Vec<u64> {
+    results.into_iter().map(|r| r.expect("written")).collect()
+}
+
 #[test]
 fn a_held_batch_waits_out_its_hold_unless_something_needs_a_commit_sooner() {
     // The controller holds the records of stops it has already published for a moment, so
@@ -441,12 +446,7 @@ fn a_held_batch_waits_out_its_hold_unless_something_needs_a_commit_sooner() {
     const HOLD: Duration = Duration::from_millis(150);
     let handed = std::time::Instant::now();
     let held = log.append_batch_held((0..2).map(entry).collect(), HOLD);
-    let numbers: Vec<u64> = held
-        .wait()
-        .into_iter()
-        .map(|r| r.expect("written"))
-        .collect();
-    assert_eq!(numbers, vec![0, 1]);
+    assert_eq!(written(held.wait()), vec![0, 1]);
     assert!(
         handed.elapsed() >= HOLD,
         "committed after {:?}, inside its {HOLD:?} hold",
@@ -459,20 +459,8 @@ fn a_held_batch_waits_out_its_hold_unless_something_needs_a_commit_sooner() {
     let handed = std::time::Instant::now();
     let held = log.append_batch_held((2..4).map(entry).collect(), LONG);
     let plain = log.append_batch((4..5).map(entry).collect());
-    assert_eq!(
-        plain
-            .into_iter()
-            .map(|r| r.expect("written"))
-            .collect::<Vec<_>>(),
-        vec![4]
-    );
-    assert_eq!(
-        held.wait()
-            .into_iter()
-            .map(|r| r.expect("written"))
-            .collect::<Vec<_>>(),
-        vec![2, 3]
-    );
+    assert_eq!(written(plain), vec![4]);
+    assert_eq!(written(held.wait()), vec![2, 3]);
     // So does a flush, and a close.
     let held = log.append_batch_held((5..6).map(entry).collect(), LONG);
     assert_eq!(log.flush_pending().expect("flush"), 6);
