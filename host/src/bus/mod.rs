@@ -354,6 +354,10 @@ pub struct BusConfig {
     pub inbound_capacity: usize,
     /// Outgoing requests queued for the event loop.
     pub request_capacity: usize,
+    /// QoS 1 publishes sent and not yet acknowledged before the next one waits for an ack
+    /// (a broker that announces a lower receive maximum lowers it further). rumqttc keeps a slot per packet id up to this bound for the whole
+    /// connection, about 220 bytes each: its default, 65 535, is 14 MiB resident per client.
+    pub max_inflight: u16,
     /// How long [`BusHandle::publish`] waits for room in the outgoing queue.
     pub publish_timeout: Duration,
     /// How long a clean shutdown waits for the `offline` state and the DISCONNECT to go out.
@@ -364,7 +368,8 @@ pub struct BusConfig {
 
 impl BusConfig {
     /// A configuration with the defaults: keep-alive 5 s, back-off 100 ms to 5 s, 1 MiB
-    /// packets, 1024 inbound messages, no will, no birth, no subscriptions.
+    /// packets, 1024 inbound messages, 1024 QoS 1 publishes in flight, no will, no birth, no
+    /// subscriptions.
     pub fn new(broker_url: &str, client_id: &str, topics: Topics) -> Result<BusConfig, BusError> {
         Ok(BusConfig {
             broker: BrokerAddr::parse(broker_url)?,
@@ -379,6 +384,10 @@ impl BusConfig {
             max_packet_bytes: 1024 * 1024,
             inbound_capacity: 1024,
             request_capacity: 256,
+            // Far above any burst the controller sends (an e-stop's stops, one per channel)
+            // and above the brokers' own receive maximum, so it is never the limit in
+            // practice; 220 KiB instead of rumqttc's 14 MiB.
+            max_inflight: 1024,
             publish_timeout: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(2),
             topics,
@@ -452,6 +461,9 @@ impl BusConfig {
                 "inbound_capacity/request_capacity",
                 "expected at least 1".to_string(),
             );
+        }
+        if self.max_inflight == 0 {
+            return bad("max_inflight", "expected 1-65535, got 0".to_string());
         }
         Ok(())
     }
@@ -890,6 +902,7 @@ impl Bus {
         options.set_clean_start(true);
         options.set_max_packet_size(Some(config.max_packet_bytes));
         options.set_request_channel_capacity(config.request_capacity);
+        options.set_outgoing_inflight_upper_limit(config.max_inflight);
         if let Some(c) = &config.credentials {
             options.set_credentials(c.username.clone(), c.password.clone());
         }
@@ -1308,6 +1321,15 @@ mod tests {
             c.validate(),
             Err(BusError::Config {
                 field: "client_id",
+                ..
+            })
+        ));
+        c.client_id = "ctl".into();
+        c.max_inflight = 0;
+        assert!(matches!(
+            c.validate(),
+            Err(BusError::Config {
+                field: "max_inflight",
                 ..
             })
         ));

@@ -476,6 +476,62 @@ async fn the_last_messages_before_a_clean_shutdown_reach_subscribers_on_rumqttd(
     last_messages_before_a_clean_shutdown(TestBroker::embedded().await).await;
 }
 
+/// With fewer publishes allowed in flight than a burst holds, the bus waits for acks instead
+/// of dropping or reordering: every message of the burst arrives, in order. (The controller's
+/// window, 1024, is never the limit in practice; this shows what happens if it were.)
+async fn a_small_inflight_window_delays_but_delivers_in_order(broker: TestBroker) {
+    let name = broker.name();
+    let t = topics(&format!("ctl-window-{name}"));
+    let cancel = CancellationToken::new();
+    let mut cfg = controller_config(&broker, &t, "ctl");
+    cfg.max_inflight = 4;
+    let ctl = Bus::start(cfg, cancel.clone()).expect("starts");
+    ctl.handle.wait_connected(WAIT).await.expect("connects");
+    let mut dash = dashboard(&broker, &t, "dash", &cancel);
+    dash.handle.wait_connected(WAIT).await.expect("connects");
+    recv_until(&mut dash.inbox, "online", |ev| {
+        state_of(ev).filter(|(s, _)| s.state == Presence::Online)
+    })
+    .await;
+    const LAST: u64 = 300;
+    for counter in 2..=LAST {
+        ctl.handle
+            .publish(
+                &t.state(),
+                &controller_state(&t, Presence::Online, counter),
+                Qos::AtLeastOnce,
+                false,
+            )
+            .await
+            .expect("queued");
+    }
+    let mut seen = Vec::new();
+    while seen.last() != Some(&LAST) {
+        let counter = recv_until(&mut dash.inbox, &format!("{name}: message {LAST}"), |ev| {
+            state_of(ev)
+                .filter(|(s, _)| s.session_counter >= 2)
+                .map(|(s, _)| s.session_counter)
+        })
+        .await;
+        seen.push(counter);
+    }
+    assert_eq!(seen, (2..=LAST).collect::<Vec<_>>(), "{name}");
+    // Neither side lost its connection nor shed a message on the way.
+    assert_eq!(ctl.handle.stats().connections, 1, "{name}");
+    assert_eq!(dash.handle.stats().dropped_inbound, 0, "{name}");
+    cancel.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_inflight_window_delays_but_delivers_in_order_on_mosquitto() {
+    a_small_inflight_window_delays_but_delivers_in_order(TestBroker::mosquitto()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_inflight_window_delays_but_delivers_in_order_on_rumqttd() {
+    a_small_inflight_window_delays_but_delivers_in_order(TestBroker::embedded().await).await;
+}
+
 fn telemetry(device: &str, value: f64) -> DeviceTelemetry {
     DeviceTelemetry {
         seq: 1,
