@@ -32,7 +32,7 @@
 //! subset), `MODALIS_BENCH_SAMPLES` (reaction samples per phase, default 400),
 //! `MODALIS_BENCH_ESTOPS` (default 20), `MODALIS_BENCH_MESSAGES` (per throughput run,
 //! default 40000), `MODALIS_BENCH_SOAK_S` (keep the throughput blast going this long, e.g.
-//! 60, for the memory-flat check; default one blast per run), `MODALIS_BENCH_SCALE_MAX`
+//! 60, for the memory-flat check, at most 300; default one blast per run), `MODALIS_BENCH_SCALE_MAX`
 //! (default 128 stations). One run is one sample of a noisy shared machine: run it a few
 //! times and quote medians. No figure here is asserted: the benchmark fails only when the
 //! system misbehaves (a stop that never comes, an audit log that does not verify).
@@ -71,6 +71,14 @@ const PROBES: usize = 8;
 /// Session-time compression of every phase: the simulated stations' steps come 10x as often
 /// as in a clinic (more step starts to measure); leases and staleness stay in wall time.
 const SPEED: u32 = 10;
+/// The probe stations' TENS session, minutes of session time: the TENS plugin's longest (60).
+/// At [`SPEED`] that is 360 s of wall time, which bounds `MODALIS_BENCH_SOAK_S`: a soak
+/// longer than the session would end it, and the over-limit markers would find no session
+/// to stop.
+const PROBE_SESSION_MINUTES: u64 = 60;
+/// The longest soak the probe session covers, with a minute to spare for setting up the
+/// sessions and sending the markers.
+const MAX_SOAK_S: u64 = PROBE_SESSION_MINUTES * 60 / SPEED as u64 - 60;
 /// Simulated telemetry: 20 Hz per sensor (issue 9's scale definition).
 const TELEMETRY_PERIOD: Duration = Duration::from_millis(50);
 /// How long the simulated stations run alone before the reaction rounds start.
@@ -167,7 +175,7 @@ mode = "acupuncture_like"
 frequency_hz = 14
 pulse_width_us = 250
 amplitude_ma = 25
-session_minutes = 30
+session_minutes = {PROBE_SESSION_MINUTES}
 waveform = "symmetric-biphasic"
 ramp_up_s = 60
 ramp_down_s = 20
@@ -1339,6 +1347,32 @@ async fn throughput_phase(
                 .collect();
             println!("  RSS over time   {} (MiB)", path.join(", "));
         }
+        // A soak of several minutes shows whether growth is a warm-up (sled's cache and the
+        // allocator's pages filling) or goes on: the change over each whole minute, and per
+        // record processed at the run's mean rate.
+        // (A 180 s soak's samples end a moment short of 180 s: rounded, its last minute is
+        // measured up to the last sample.)
+        let minutes = ((last.0 - first.0) / 60.0).round() as usize;
+        if minutes >= 2 {
+            let at = |t: f64| {
+                rss.iter()
+                    .find(|r| r.0 - first.0 >= t)
+                    .map_or(last.1, |r| r.1)
+            };
+            let steps: Vec<String> = (0..minutes)
+                .map(|m| {
+                    let grew = at(60.0 * (m + 1) as f64) as f64 - at(60.0 * m as f64) as f64;
+                    format!(
+                        "{}-{} s {:+.1} MiB ({:+.1} B/record)",
+                        60 * m,
+                        60 * (m + 1),
+                        grew / 1024.0,
+                        grew * 1024.0 / (rate * 60.0).max(1.0)
+                    )
+                })
+                .collect();
+            println!("  RSS per minute  {}", steps.join(", "));
+        }
     }
     println!(
         "  target          >= {THROUGHPUT_MSG_S:.0} msg/s: {}; >= {THROUGHPUT_BROKER_RATIO} of the broker: {}",
@@ -1489,6 +1523,11 @@ async fn run() -> anyhow::Result<()> {
     let estops = env_usize("MODALIS_BENCH_ESTOPS", 20)?;
     let messages = env_usize("MODALIS_BENCH_MESSAGES", 40_000)?;
     let soak = Duration::from_secs(env_usize("MODALIS_BENCH_SOAK_S", 0)? as u64);
+    ensure!(
+        soak.as_secs() <= MAX_SOAK_S,
+        "MODALIS_BENCH_SOAK_S={}: expected at most {MAX_SOAK_S} (the probe sessions last {PROBE_SESSION_MINUTES} min of session time at x{SPEED}; a longer soak would outlast them)",
+        soak.as_secs()
+    );
     let scale_max = env_usize("MODALIS_BENCH_SCALE_MAX", 128)?;
 
     // A clinic's broker should set TCP_NODELAY (see `Mosquitto::start`);
