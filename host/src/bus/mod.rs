@@ -385,8 +385,9 @@ impl BusConfig {
             inbound_capacity: 1024,
             request_capacity: 256,
             // Far above any burst the controller sends (an e-stop's stops, one per channel)
-            // and above the brokers' own receive maximum, so it is never the limit in
-            // practice; 220 KiB instead of rumqttc's 14 MiB.
+            // and above what brokers announce (mosquitto 2.0's CONNACK says 20 unless its
+            // max_inflight_messages is raised), so it is not the limit in practice; 220 KiB
+            // instead of rumqttc's 14 MiB.
             max_inflight: 1024,
             publish_timeout: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(2),
