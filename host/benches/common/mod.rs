@@ -149,10 +149,6 @@ impl Raw {
         o.set_keep_alive(Duration::from_secs(30));
         o.set_clean_start(true);
         o.set_max_packet_size(Some(1 << 20));
-        // As the controller's bus: rumqttc's default keeps 14 MiB per client for 65 535
-        // unacknowledged publishes, and with a dozen clients that, not the controller, was
-        // most of this process's memory.
-        o.set_outgoing_inflight_upper_limit(1024);
         let mut net = rumqttc::NetworkOptions::new();
         net.set_tcp_nodelay(true);
         o.set_network_options(net);

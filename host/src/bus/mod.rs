@@ -355,8 +355,9 @@ pub struct BusConfig {
     /// Outgoing requests queued for the event loop.
     pub request_capacity: usize,
     /// QoS 1 publishes sent and not yet acknowledged before the next one waits for an ack
-    /// (a broker that announces a lower receive maximum lowers it further). rumqttc keeps a slot per packet id up to this bound for the whole
-    /// connection, about 220 bytes each: its default, 65 535, is 14 MiB resident per client.
+    /// (a broker that announces a lower receive maximum lowers it further). rumqttc keeps a
+    /// slot per packet id up to this bound for the whole connection, about 220 bytes each:
+    /// 14 MiB resident per client at the default, 65 535.
     pub max_inflight: u16,
     /// How long [`BusHandle::publish`] waits for room in the outgoing queue.
     pub publish_timeout: Duration,
@@ -368,7 +369,7 @@ pub struct BusConfig {
 
 impl BusConfig {
     /// A configuration with the defaults: keep-alive 5 s, back-off 100 ms to 5 s, 1 MiB
-    /// packets, 1024 inbound messages, 1024 QoS 1 publishes in flight, no will, no birth, no
+    /// packets, 1024 inbound messages, 65 535 QoS 1 publishes in flight, no will, no birth, no
     /// subscriptions.
     pub fn new(broker_url: &str, client_id: &str, topics: Topics) -> Result<BusConfig, BusError> {
         Ok(BusConfig {
@@ -384,11 +385,12 @@ impl BusConfig {
             max_packet_bytes: 1024 * 1024,
             inbound_capacity: 1024,
             request_capacity: 256,
-            // Far above any burst the controller sends (an e-stop's stops, one per channel)
-            // and above what brokers announce (mosquitto 2.0's CONNACK says 20 unless its
-            // max_inflight_messages is raised), so it is not the limit in practice; 220 KiB
-            // instead of rumqttc's 14 MiB.
-            max_inflight: 1024,
+            // rumqttc's own default. 1024 would save about 14 MiB per client (the demo's
+            // peak RSS fell from 223-225 to 139-143 MiB) and is never the limit in practice
+            // (mosquitto 2.0 announces a receive maximum of 20), but in the benchmark it made
+            // the reaction's p99 under load worse, 12 A/B runs alternating: median 2.6 ms
+            // against 1.6 (BENCHMARKS.md, 2026-12-07 afternoon). Not explained, so not taken.
+            max_inflight: u16::MAX,
             publish_timeout: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(2),
             topics,

@@ -477,8 +477,8 @@ async fn the_last_messages_before_a_clean_shutdown_reach_subscribers_on_rumqttd(
 }
 
 /// With fewer publishes allowed in flight than a burst holds, the bus waits for acks instead
-/// of dropping or reordering: every message of the burst arrives, in order. (The controller's
-/// window, 1024, is never the limit in practice; this shows what happens if it were.)
+/// of dropping or reordering: every message of the burst arrives, in order. (A deployment
+/// that lowers `max_inflight` to save memory gets flow control, not loss.)
 async fn a_small_inflight_window_delays_but_delivers_in_order(broker: TestBroker) {
     let name = broker.name();
     let t = topics(&format!("ctl-window-{name}"));
