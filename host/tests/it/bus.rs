@@ -338,6 +338,37 @@ fn dashboard(broker: &TestBroker, t: &Topics, id: &str, cancel: &CancellationTok
     Bus::start(c, cancel.clone()).expect("dashboard bus starts")
 }
 
+/// A dashboard connected and past the controller's retained `online` state.
+async fn online_dashboard(
+    broker: &TestBroker,
+    t: &Topics,
+    id: &str,
+    cancel: &CancellationToken,
+) -> Bus {
+    let mut dash = dashboard(broker, t, id, cancel);
+    dash.handle.wait_connected(WAIT).await.expect("connects");
+    recv_until(&mut dash.inbox, "online", |ev| {
+        state_of(ev).filter(|(s, _)| s.state == Presence::Online)
+    })
+    .await;
+    dash
+}
+
+/// A burst of QoS 1 `online` states, their session counters `counters`, queued back to back.
+async fn publish_states(ctl: &Bus, t: &Topics, counters: std::ops::RangeInclusive<u64>) {
+    for counter in counters {
+        ctl.handle
+            .publish(
+                &t.state(),
+                &controller_state(t, Presence::Online, counter),
+                Qos::AtLeastOnce,
+                false,
+            )
+            .await
+            .expect("queued");
+    }
+}
+
 async fn retained_state_and_will(broker: TestBroker) {
     let name = broker.name();
     let t = topics(&format!("ctl-retained-{name}"));
@@ -426,26 +457,11 @@ async fn last_messages_before_a_clean_shutdown(broker: TestBroker) {
         )
         .expect("ok");
         ctl.handle.wait_connected(WAIT).await.expect("connects");
-        let mut dash = dashboard(&broker, &t, &format!("dash-{round}"), &cancel);
-        dash.handle.wait_connected(WAIT).await.expect("connects");
-        recv_until(&mut dash.inbox, "online", |ev| {
-            state_of(ev).filter(|(s, _)| s.state == Presence::Online)
-        })
-        .await;
+        let mut dash = online_dashboard(&broker, &t, &format!("dash-{round}"), &cancel).await;
         // A burst of QoS 1 messages, the last one then the shutdown at once: their PUBACKs
         // are still arriving when the bus disconnects.
         const LAST: u64 = 400;
-        for counter in 2..=LAST {
-            ctl.handle
-                .publish(
-                    &t.state(),
-                    &controller_state(&t, Presence::Online, counter),
-                    Qos::AtLeastOnce,
-                    false,
-                )
-                .await
-                .expect("queued");
-        }
+        publish_states(&ctl, &t, 2..=LAST).await;
         let stopping = std::time::Instant::now();
         ctl_cancel.cancel();
         tokio::time::timeout(WAIT, ctl.task.join())
@@ -487,24 +503,9 @@ async fn a_small_inflight_window_delays_but_delivers_in_order(broker: TestBroker
     cfg.max_inflight = 4;
     let ctl = Bus::start(cfg, cancel.clone()).expect("starts");
     ctl.handle.wait_connected(WAIT).await.expect("connects");
-    let mut dash = dashboard(&broker, &t, "dash", &cancel);
-    dash.handle.wait_connected(WAIT).await.expect("connects");
-    recv_until(&mut dash.inbox, "online", |ev| {
-        state_of(ev).filter(|(s, _)| s.state == Presence::Online)
-    })
-    .await;
+    let mut dash = online_dashboard(&broker, &t, "dash", &cancel).await;
     const LAST: u64 = 300;
-    for counter in 2..=LAST {
-        ctl.handle
-            .publish(
-                &t.state(),
-                &controller_state(&t, Presence::Online, counter),
-                Qos::AtLeastOnce,
-                false,
-            )
-            .await
-            .expect("queued");
-    }
+    publish_states(&ctl, &t, 2..=LAST).await;
     let mut seen = Vec::new();
     while seen.last() != Some(&LAST) {
         let counter = recv_until(&mut dash.inbox, &format!("{name}: message {LAST}"), |ev| {
