@@ -152,7 +152,11 @@ impl Raw {
         let mut net = rumqttc::NetworkOptions::new();
         net.set_tcp_nodelay(true);
         o.set_network_options(net);
-        let (client, mut el) = AsyncClient::new(o, 8192);
+        // The controller's own request capacity (BusConfig's default). A blast fills the
+        // channel, and its queue keeps the size it grew to: at 8192 the eight blasting
+        // devices held ~42 MiB of queued publishes (heaptrack, BENCHMARKS.md), counted in the
+        // process's RSS as if the controller had grown.
+        let (client, mut el) = AsyncClient::new(o, 256);
         let (tx, rx) = mpsc::unbounded_channel();
         // (connected, subscriptions acknowledged)
         let (acks_tx, mut acks) = watch::channel((false, 0usize));
