@@ -13,9 +13,16 @@
 //! under telemetry load grow by ~40 MiB a minute. Blocks divide sled's share by the records
 //! per block (the soaks in BENCHMARKS.md: 17 bytes per record before, about 1 after the
 //! first minutes).
-//! The cap keeps sled's leaf nodes (up to 17 entries) clear of its blob threshold (a quarter
-//! of its 512 KiB segment), above which every node rewrite becomes a file of its own:
-//! 27 KiB values did that in a raw sled trial, 12 KiB ones did not.
+//! The cap keeps sled's leaf nodes (up to 17 entries before a split, `Node::should_split`)
+//! clear of its blob threshold (a quarter of its 512 KiB segment, less a header: just under
+//! 128 KiB), above which every rewrite of the node becomes a file of its own. 17 blocks of
+//! 4 KiB are ~70 KiB. At 8 KiB (until 2026-12-07) a full leaf was ~140 KiB, over it: a log
+//! written at 40 000 records/s held 31 blob files, and the e2e soak processed 59-64 thousand
+//! readings a second against 89-90 thousand at 4 KiB. Smaller blocks also shrink what sled
+//! keeps in memory uncounted while reading (see `CACHE_BYTES` in `store.rs`): `verify` of a
+//! 3.4 M-record log peaked at 1 GiB with 8 KiB blocks, 483 MiB with 4 KiB, 320-357 MiB with
+//! 2 KiB. The price is more keys, i.e. more of sled's per-key bytes per record; 2 KiB was
+//! not faster than 4 KiB and doubles that again (BENCHMARKS.md, 2026-12-07 evening).
 //!
 //! **Layout 1, one record per key** (logs written before): the key is the record's sequence
 //! number and the value the stored record. Such a log is read as it is and appended to in
@@ -32,7 +39,7 @@ pub(crate) const LAYOUT_KEY: &[u8] = b"layout";
 /// The value of [`LAYOUT_KEY`] for blocks.
 pub(crate) const LAYOUT_BLOCKS: &[u8] = b"2";
 /// The largest block the writer packs several records into.
-pub(crate) const BLOCK_BYTES: usize = 8 * 1024;
+pub(crate) const BLOCK_BYTES: usize = 4 * 1024;
 
 /// How a log's records are keyed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

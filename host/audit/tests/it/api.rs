@@ -528,11 +528,11 @@ fn telemetry_is_stored_in_blocks_and_read_back_record_by_record() {
                 .expect("get")
                 .expect("present")
                 .len();
-            assert!(size <= 8 * 1024 || *n == 1, "block {first}: {size} bytes");
+            assert!(size <= 4 * 1024 || *n == 1, "block {first}: {size} bytes");
             if *next < 600 {
                 let following = stored(records, *next).len();
                 assert!(
-                    size + 4 + following > 8 * 1024,
+                    size + 4 + following > 4 * 1024,
                     "block {first} ({size} bytes) had room for record {next} ({following})"
                 );
             }
