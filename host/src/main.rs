@@ -9,7 +9,9 @@ use clap::Parser;
 // mimalloc, not glibc's malloc: at tens of thousands of readings a second the audit writer
 // spent about a quarter of its time in malloc and free (memory allocated on the controller's
 // thread is freed on the writer's). The end-to-end benchmark uses the same allocator, so its
-// figures are this binary's (BENCHMARKS.md, "Throughput").
+// figures are this binary's (BENCHMARKS.md, "Throughput"). It is built without transparent
+// huge pages (the `no_thp` feature, see the workspace Cargo.toml): with them the demo's peak
+// memory was half as large again.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
