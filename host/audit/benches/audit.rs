@@ -15,7 +15,7 @@
 //!
 //! Memory instead: `AUDIT_BENCH_SOAK=log` (or `=sled`, the floor) runs one long soak at a
 //! fixed rate and prints the process's RSS as it goes (`AUDIT_BENCH_SOAK_S`, default 60;
-//! `AUDIT_BENCH_SOAK_RATE`, default 40 000 records/s).
+//! `AUDIT_BENCH_SOAK_RATE`, default 40 000 records/s; `AUDIT_BENCH_KEEP=1` keeps the log).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -267,7 +267,7 @@ fn soak(kind: &str) {
             // The audit log's own cache size (store.rs, CACHE_BYTES), not sled's 1 GiB default.
             let db = sled::Config::new()
                 .path(dir.path().join("sled"))
-                .cache_capacity(64 * 1024 * 1024)
+                .cache_capacity(16 * 1024 * 1024)
                 .open()
                 .expect("sled");
             let tree = db.open_tree("records").expect("tree");
@@ -313,6 +313,11 @@ fn soak(kind: &str) {
         }
     }
     drop(append);
+    // `AUDIT_BENCH_KEEP=1` leaves the log in place, e.g. to measure `modalis audit verify` on
+    // a log of a known size.
+    if std::env::var_os("AUDIT_BENCH_KEEP").is_some() {
+        println!("  kept           {}", dir.keep().display());
+    }
     let line: Vec<String> = samples
         .iter()
         .map(|(t, _, mib)| format!("{t:.0} s {mib:.0}"))

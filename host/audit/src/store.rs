@@ -36,17 +36,22 @@ pub(crate) struct Store {
 /// sled's page cache. sled's default is 1 GiB, and an audit log is written far more than it is
 /// read back, so the cache just fills with records nobody will read while the controller runs:
 /// a 60 s telemetry soak (`MODALIS_BENCH_SOAK_S=60 cargo bench -p modalis --bench e2e`) grew
-/// the process from 339 to 1420 MiB. The log's writes and the verifier's sequential reads
-/// need little of it.
+/// the process from 339 to 1420 MiB. The writer never reads a block back (each batch writes
+/// whole new blocks), and `verify`, export and the live feed read sequentially, so they gain
+/// nothing from a cache larger than the blocks they are reading.
 ///
-/// It is not a bound on sled's memory, and going lower saves little: sled 0.34 counts page
-/// accesses into its LRU through 256 shards, each with a queue of 64 accesses that is only
-/// counted (and pages evicted) when it fills (`lru.rs`, `N_SHARDS`, `MAX_QUEUE_ITEMS`), so up
-/// to 16 384 pages read or written recently stay in memory uncounted, bounded by the size of a
-/// leaf, i.e. of a block (`blocks.rs`): `verify` of a 3.4 M-record log peaked at 1 GiB with
-/// 8 KiB blocks and 483 MiB with 4 KiB ones, and caches of 8, 16 and 64 MiB gave the same
-/// first-minute growth in the e2e soak (BENCHMARKS.md, 2026-12-07 evening).
-const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// 16 MiB, not the 64 MiB used before: in 120 s e2e soaks the controller's first minute grew
+/// by 81-93 MiB instead of 115-125 at the same throughput (BENCHMARKS.md, "Newest"). That
+/// difference used to be hidden by mimalloc's transparent huge pages (since turned off), under
+/// which caches of 8, 16 and 64 MiB had looked the same.
+///
+/// It is not a bound on sled's memory: sled 0.34 counts page accesses into its LRU through 256
+/// shards, each with a queue of 64 accesses that is only counted (and pages evicted) when it
+/// fills (`lru.rs`, `N_SHARDS`, `MAX_QUEUE_ITEMS`), so up to 16 384 pages read or written
+/// recently stay in memory uncounted, bounded by the size of a leaf, i.e. of a block
+/// (`blocks.rs`): `verify` of a 3.4 M-record log peaked at 1 GiB with 8 KiB blocks and 483 MiB
+/// with 4 KiB ones (BENCHMARKS.md, 2026-12-07 evening).
+const CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
 impl Store {
     /// Opens the database in `dir`. With `create` false, a directory without one is an error
