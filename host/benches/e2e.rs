@@ -96,6 +96,11 @@ const THROUGHPUT_BROKER_RATIO: f64 = 0.5;
 const JITTER_P99_MS: f64 = 5.0;
 const STARTUP_WARM_MS: f64 = 100.0;
 const STARTUP_COLD_MS: f64 = 3_000.0;
+/// "Memory flat over a 60 s run" needs a tolerance to be checked at all: consecutive RSS
+/// samples of a steady soak differ by a few MiB as the allocator takes and returns pages
+/// (BENCHMARKS.md, the soaks' "RSS over time"), so flat is taken as within 10 MiB, about 2 %
+/// of the benchmark process, over the window.
+const MEMORY_FLAT_MIB: f64 = 10.0;
 
 fn env_usize(name: &str, default: usize) -> anyhow::Result<usize> {
     match std::env::var(name) {
@@ -1353,12 +1358,13 @@ async fn throughput_phase(
         // (A 180 s soak's samples end a moment short of 180 s: rounded, its last minute is
         // measured up to the last sample.)
         let minutes = ((last.0 - first.0) / 60.0).round() as usize;
+        // RSS at the first sample `t` seconds or more after the first blast.
+        let at = |t: f64| {
+            rss.iter()
+                .find(|r| r.0 - first.0 >= t)
+                .map_or(last.1, |r| r.1)
+        };
         if minutes >= 2 {
-            let at = |t: f64| {
-                rss.iter()
-                    .find(|r| r.0 - first.0 >= t)
-                    .map_or(last.1, |r| r.1)
-            };
             let steps: Vec<String> = (0..minutes)
                 .map(|m| {
                     let grew = at(60.0 * (m + 1) as f64) as f64 - at(60.0 * m as f64) as f64;
@@ -1372,6 +1378,25 @@ async fn throughput_phase(
                 })
                 .collect();
             println!("  RSS per minute  {}", steps.join(", "));
+        }
+        // The wording counts from the start of the run; the second window says
+        // whether what grows is a warm-up that ends (sled's cache and its uncounted pages,
+        // the allocator's pages being touched) or goes on.
+        if minutes >= 1 {
+            let window = |from: f64| (at(from + 60.0) as f64 - at(from) as f64) / 1024.0;
+            let mut line = format!(
+                "  memory          grew <= {MEMORY_FLAT_MIB} MiB over the first 60 s: {} ({:+.1} MiB)",
+                verdict(window(0.0) <= MEMORY_FLAT_MIB),
+                window(0.0)
+            );
+            if minutes >= 2 {
+                line.push_str(&format!(
+                    "; over 60-120 s: {} ({:+.1} MiB)",
+                    verdict(window(60.0) <= MEMORY_FLAT_MIB),
+                    window(60.0)
+                ));
+            }
+            println!("{line}");
         }
     }
     println!(
