@@ -25,6 +25,7 @@
 
 mod clock;
 mod station;
+mod wake;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -1141,6 +1142,7 @@ impl Core {
         };
         let mut requests_open = true;
         let mut inbox_open = true;
+        let mut timer = wake::WakeTimer::new();
         self.report_previous_run().await;
         loop {
             let wake = self.next_wake();
@@ -1155,7 +1157,7 @@ impl Core {
                     self.on_audited(id, results).await;
                     "audit written"
                 }
-                () = sleep_until(wake) => {
+                () = timer.sleep_until(wake) => {
                     began = Instant::now();
                     self.on_timer().await;
                     "step timer"
@@ -3601,12 +3603,5 @@ fn off_command(device: &str, channel: &str) -> Command {
             block_id: String::new(),
             step_index: 0,
         },
-    }
-}
-
-async fn sleep_until(wake: Option<Instant>) {
-    match wake {
-        Some(w) => tokio::time::sleep_until(w).await,
-        None => std::future::pending().await,
     }
 }
