@@ -33,14 +33,86 @@
 //! `MODALIS_BENCH_ESTOPS` (default 20), `MODALIS_BENCH_MESSAGES` (per throughput run,
 //! default 40000), `MODALIS_BENCH_SOAK_S` (keep the throughput blast going this long, e.g.
 //! 60, for the memory-flat check, at most 300; default one blast per run), `MODALIS_BENCH_SCALE_MAX`
-//! (default 128 stations). One run is one sample of a noisy shared machine: run it a few
+//! (default 128 stations), `MODALIS_BENCH_HEAP=1` (a soak also prints the live heap beside
+//! the RSS; counting costs throughput, so quote only its memory figures). One run is one sample of a noisy shared machine: run it a few
 //! times and quote medians. No figure here is asserted: the benchmark fails only when the
 //! system misbehaves (a stop that never comes, an audit log that does not verify).
 
 // The controller binary's allocator (src/main.rs), so that the controller measured here
-// allocates as the shipped one does.
+// allocates as the shipped one does; wrapped so that a soak can tell the memory the program
+// holds from the pages the allocator keeps (`MODALIS_BENCH_HEAP=1`, see `heap`).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: heap::Counted = heap::Counted;
+
+/// Live heap bytes, counted only when asked (`MODALIS_BENCH_HEAP=1`): a soak's RSS growth is
+/// either something the program holds (live heap grows with it) or pages the allocator keeps
+/// (live heap flat), and only the first is found with heaptrack. Counting is one add on a
+/// shared atomic per allocation and per free, which costs throughput at 100 000 readings a
+/// second, so it is off by default and the other figures of a counted run are not quoted.
+mod heap {
+    // `GlobalAlloc` is an unsafe trait; every method forwards unchanged to mimalloc, the
+    // counter is only read by the benchmark. Bench code only: the product has no unsafe.
+    #![allow(unsafe_code)]
+
+    use std::alloc::{GlobalAlloc, Layout};
+    use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
+
+    static COUNTING: AtomicBool = AtomicBool::new(false);
+    static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+    pub struct Counted;
+
+    /// Starts counting. Blocks allocated before are freed uncounted-in, so the figure is a
+    /// difference from this moment on (which is all a soak needs), and may go below zero.
+    pub fn start() {
+        COUNTING.store(true, Ordering::Relaxed);
+    }
+
+    /// Bytes allocated and not freed since [`start`], or `None` when not counting.
+    pub fn live() -> Option<i64> {
+        COUNTING
+            .load(Ordering::Relaxed)
+            .then(|| LIVE.load(Ordering::Relaxed) as i64)
+    }
+
+    fn add(n: isize) {
+        if COUNTING.load(Ordering::Relaxed) {
+            LIVE.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    unsafe impl GlobalAlloc for Counted {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            // SAFETY: forwarded with the caller's layout, as `GlobalAlloc::alloc` requires.
+            let p = unsafe { mimalloc::MiMalloc.alloc(layout) };
+            if !p.is_null() {
+                add(layout.size() as isize);
+            }
+            p
+        }
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            // SAFETY: as `alloc`.
+            let p = unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) };
+            if !p.is_null() {
+                add(layout.size() as isize);
+            }
+            p
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: `ptr` came from this allocator (i.e. mimalloc) with `layout`.
+            unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) };
+            add(-(layout.size() as isize));
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            // SAFETY: `ptr` came from this allocator with `layout`; the caller's contract holds.
+            let p = unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) };
+            if !p.is_null() {
+                add(new_size as isize - layout.size() as isize);
+            }
+            p
+        }
+    }
+}
 
 mod common;
 
@@ -1176,6 +1248,8 @@ async fn throughput_phase(
     let mut mcpu = Vec::new();
     let mut dropped_total = 0;
     let mut rss: Vec<(f64, u64)> = Vec::new();
+    // Live heap in KiB at the same moments, when counted (`MODALIS_BENCH_HEAP=1`).
+    let mut live: Vec<i64> = Vec::new();
     let t_start = Instant::now();
     for run in 0..runs {
         // Floor.
@@ -1254,6 +1328,9 @@ async fn throughput_phase(
             sent += total;
             if let Some(kib) = rss_kib(pid) {
                 rss.push((t_start.elapsed().as_secs_f64(), kib));
+                if let Some(bytes) = heap::live() {
+                    live.push(bytes / 1024);
+                }
             }
             if Instant::now() >= soak_until {
                 break;
@@ -1351,6 +1428,21 @@ async fn throughput_phase(
                 .map(|(t, kib)| format!("{:.0} s {:.0}", t - first.0, *kib as f64 / 1024.0))
                 .collect();
             println!("  RSS over time   {} (MiB)", path.join(", "));
+            if live.len() == rss.len() {
+                let path: Vec<String> = rss
+                    .iter()
+                    .zip(&live)
+                    .step_by(every)
+                    .chain(rss.last().zip(live.last()))
+                    .map(|((t, _), kib)| {
+                        format!("{:.0} s {:.1}", t - first.0, *kib as f64 / 1024.0)
+                    })
+                    .collect();
+                println!(
+                    "  live heap       {} (MiB allocated and not freed since the process started counting)",
+                    path.join(", ")
+                );
+            }
         }
         // A soak of several minutes shows whether growth is a warm-up (sled's cache and the
         // allocator's pages filling) or goes on: the change over each whole minute, and per
@@ -1378,6 +1470,29 @@ async fn throughput_phase(
                 })
                 .collect();
             println!("  RSS per minute  {}", steps.join(", "));
+            if live.len() == rss.len() {
+                // The same minutes' change in what the program holds: RSS growth without it
+                // is the allocator keeping pages.
+                let heap_at = |t: f64| {
+                    rss.iter()
+                        .zip(&live)
+                        .find(|(r, _)| r.0 - first.0 >= t)
+                        .or(rss.last().zip(live.last()))
+                        .map_or(0, |(_, h)| *h)
+                };
+                let steps: Vec<String> = (0..minutes)
+                    .map(|m| {
+                        let grew = heap_at(60.0 * (m + 1) as f64) - heap_at(60.0 * m as f64);
+                        format!(
+                            "{}-{} s {:+.1} MiB",
+                            60 * m,
+                            60 * (m + 1),
+                            grew as f64 / 1024.0
+                        )
+                    })
+                    .collect();
+                println!("  heap per minute {}", steps.join(", "));
+            }
         }
         // The wording counts from the start of the run; the second window says
         // whether what grows is a warm-up that ends (sled's cache and its uncounted pages,
@@ -1554,6 +1669,9 @@ async fn run() -> anyhow::Result<()> {
         soak.as_secs()
     );
     let scale_max = env_usize("MODALIS_BENCH_SCALE_MAX", 128)?;
+    if std::env::var("MODALIS_BENCH_HEAP").is_ok_and(|v| v == "1") {
+        heap::start();
+    }
 
     // A clinic's broker should set TCP_NODELAY (see `Mosquitto::start`);
     // MODALIS_BENCH_MOSQUITTO_NODELAY=0 measures mosquitto's default instead.
