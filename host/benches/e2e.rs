@@ -33,61 +33,50 @@
 //! `MODALIS_BENCH_ESTOPS` (default 20), `MODALIS_BENCH_MESSAGES` (per throughput run,
 //! default 40000), `MODALIS_BENCH_SOAK_S` (keep the throughput blast going this long, e.g.
 //! 60, for the memory-flat check, at most 300; default one blast per run), `MODALIS_BENCH_SCALE_MAX`
-//! (default 128 stations), `MODALIS_BENCH_HEAP=1` (a soak also prints the live heap beside
-//! the RSS; counting costs throughput, so quote only its memory figures). One run is one sample of a noisy shared machine: run it a few
+//! (default 128 stations). Built with `--features bench-heap`, a soak also prints the live
+//! heap beside the RSS (quote only the memory figures of such a build). One run is one sample of a noisy shared machine: run it a few
 //! times and quote medians. No figure here is asserted: the benchmark fails only when the
 //! system misbehaves (a stop that never comes, an audit log that does not verify).
 
 // The controller binary's allocator (src/main.rs), so that the controller measured here
-// allocates as the shipped one does; wrapped so that a soak can tell the memory the program
-// holds from the pages the allocator keeps (`MODALIS_BENCH_HEAP=1`, see `heap`).
+// allocates as the shipped one does. With `--features bench-heap`, wrapped so that a soak can
+// tell the memory the program holds from the pages the allocator keeps (see `heap`).
+#[cfg(not(feature = "bench-heap"))]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+#[cfg(feature = "bench-heap")]
 #[global_allocator]
 static ALLOCATOR: heap::Counted = heap::Counted;
 
-/// Live heap bytes, counted only when asked (`MODALIS_BENCH_HEAP=1`): a soak's RSS growth is
-/// either something the program holds (live heap grows with it) or pages the allocator keeps
-/// (live heap flat), and only the first is found with heaptrack. Counting is one add on a
-/// shared atomic per allocation and per free, which costs throughput at 100 000 readings a
-/// second, so it is off by default and the other figures of a counted run are not quoted.
+/// Live heap bytes (`cargo bench -p modalis --bench e2e --features bench-heap`): a soak's RSS
+/// growth is either something the program holds (live heap grows with it) or pages the
+/// allocator keeps (live heap flat), and only the first is found with heaptrack. Counting is
+/// one add on a shared atomic per allocation and per free. It is a build feature, not a
+/// switch at run time: a run-time switch still costs a load per allocation, and the bench's
+/// other figures must be the shipped allocator's (a first version with the switch off cost
+/// about a fifth of the throughput while its statics shared a cache line, and full runs with
+/// the statics aligned were not clearly equal on scale; BENCHMARKS.md).
+#[cfg(feature = "bench-heap")]
 mod heap {
     // `GlobalAlloc` is an unsafe trait; every method forwards unchanged to mimalloc, the
-    // counter is only read by the benchmark. Bench code only: the product has no unsafe.
+    // counter is only read by the benchmark. Bench code only: the product has no unsafe here.
     #![allow(unsafe_code)]
 
     use std::alloc::{GlobalAlloc, Layout};
-    use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
+    use std::sync::atomic::{AtomicIsize, Ordering};
 
-    /// Each on a cache line of its own: every allocation reads `COUNTING`. Left where the
-    /// linker put them, counting off cost about a fifth of the throughput (short blasts, 8
-    /// alternating rounds: median 79 against 101 thousand readings/s), most likely a line
-    /// shared with a static other threads write; aligned, no difference (6 rounds: 81.2
-    /// against 81.4 thousand).
-    #[repr(align(128))]
-    struct Line<T>(T);
-
-    static COUNTING: Line<AtomicBool> = Line(AtomicBool::new(false));
-    static LIVE: Line<AtomicIsize> = Line(AtomicIsize::new(0));
+    static LIVE: AtomicIsize = AtomicIsize::new(0);
 
     pub struct Counted;
 
-    /// Starts counting. Blocks allocated before are freed uncounted-in, so the figure is a
-    /// difference from this moment on (which is all a soak needs), and may go below zero.
-    pub fn start() {
-        COUNTING.0.store(true, Ordering::Relaxed);
-    }
-
-    /// Bytes allocated and not freed since [`start`], or `None` when not counting.
-    pub fn live() -> Option<i64> {
-        COUNTING
-            .0
-            .load(Ordering::Relaxed)
-            .then(|| LIVE.0.load(Ordering::Relaxed) as i64)
+    /// Bytes allocated and not freed since the process started (blocks allocated before
+    /// `main` count too).
+    pub fn live() -> i64 {
+        LIVE.load(Ordering::Relaxed) as i64
     }
 
     fn add(n: isize) {
-        if COUNTING.0.load(Ordering::Relaxed) {
-            LIVE.0.fetch_add(n, Ordering::Relaxed);
-        }
+        LIVE.fetch_add(n, Ordering::Relaxed);
     }
 
     unsafe impl GlobalAlloc for Counted {
@@ -1257,7 +1246,8 @@ async fn throughput_phase(
     let mut mcpu = Vec::new();
     let mut dropped_total = 0;
     let mut rss: Vec<(f64, u64)> = Vec::new();
-    // Live heap in KiB at the same moments, when counted (`MODALIS_BENCH_HEAP=1`).
+    // Live heap in KiB at the same moments, when counted (`--features bench-heap`).
+    #[cfg_attr(not(feature = "bench-heap"), allow(unused_mut))]
     let mut live: Vec<i64> = Vec::new();
     let t_start = Instant::now();
     for run in 0..runs {
@@ -1337,9 +1327,8 @@ async fn throughput_phase(
             sent += total;
             if let Some(kib) = rss_kib(pid) {
                 rss.push((t_start.elapsed().as_secs_f64(), kib));
-                if let Some(bytes) = heap::live() {
-                    live.push(bytes / 1024);
-                }
+                #[cfg(feature = "bench-heap")]
+                live.push(heap::live() / 1024);
             }
             if Instant::now() >= soak_until {
                 break;
@@ -1448,7 +1437,7 @@ async fn throughput_phase(
                     })
                     .collect();
                 println!(
-                    "  live heap       {} (MiB allocated and not freed since the process started counting)",
+                    "  live heap       {} (MiB allocated and not freed since the process started)",
                     path.join(", ")
                 );
             }
@@ -1678,9 +1667,6 @@ async fn run() -> anyhow::Result<()> {
         soak.as_secs()
     );
     let scale_max = env_usize("MODALIS_BENCH_SCALE_MAX", 128)?;
-    if std::env::var("MODALIS_BENCH_HEAP").is_ok_and(|v| v == "1") {
-        heap::start();
-    }
 
     // A clinic's broker should set TCP_NODELAY (see `Mosquitto::start`);
     // MODALIS_BENCH_MOSQUITTO_NODELAY=0 measures mosquitto's default instead.
