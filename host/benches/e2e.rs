@@ -34,9 +34,10 @@
 //! default 40000), `MODALIS_BENCH_SOAK_S` (keep the throughput blast going this long, e.g.
 //! 60, for the memory-flat check, at most 300; default one blast per run), `MODALIS_BENCH_SCALE_MAX`
 //! (default 128 stations). Built with `--features bench-heap`, a soak also prints the live
-//! heap beside the RSS (quote only the memory figures of such a build). One run is one sample of a noisy shared machine: run it a few
-//! times and quote medians. No figure here is asserted: the benchmark fails only when the
-//! system misbehaves (a stop that never comes, an audit log that does not verify).
+//! heap beside the RSS (quote only the memory figures of such a build). One run is one
+//! sample of a noisy shared machine: run it a few times and quote medians. No figure here is
+//! asserted: the benchmark fails only when the system misbehaves (a stop that never comes, an
+//! audit log that does not verify).
 
 // The controller binary's allocator (src/main.rs), so that the controller measured here
 // allocates as the shipped one does. With `--features bench-heap`, wrapped so that a soak can
@@ -1416,29 +1417,34 @@ async fn throughput_phase(
             max as f64 / 1024.0,
             rss.len()
         );
+        // `live` holds a sample for each of `rss`'s when the heap is counted, none otherwise.
+        let counted = live.len() == rss.len();
         if rss.len() > 8 {
             // Where it grew: flat means a plateau, not just a small first-to-last difference.
             let every = rss.len().div_ceil(8);
-            let path: Vec<String> = rss
-                .iter()
+            let picked: Vec<usize> = (0..rss.len())
                 .step_by(every)
-                .chain(rss.last())
-                .map(|(t, kib)| format!("{:.0} s {:.0}", t - first.0, *kib as f64 / 1024.0))
+                .chain([rss.len() - 1])
                 .collect();
-            println!("  RSS over time   {} (MiB)", path.join(", "));
-            if live.len() == rss.len() {
-                let path: Vec<String> = rss
+            let path = |kib: &dyn Fn(usize) -> f64, decimals: usize| {
+                picked
                     .iter()
-                    .zip(&live)
-                    .step_by(every)
-                    .chain(rss.last().zip(live.last()))
-                    .map(|((t, _), kib)| {
-                        format!("{:.0} s {:.1}", t - first.0, *kib as f64 / 1024.0)
+                    .map(|&i| {
+                        format!(
+                            "{:.0} s {:.*}",
+                            rss[i].0 - first.0,
+                            decimals,
+                            kib(i) / 1024.0
+                        )
                     })
-                    .collect();
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            println!("  RSS over time   {} (MiB)", path(&|i| rss[i].1 as f64, 0));
+            if counted {
                 println!(
                     "  live heap       {} (MiB allocated and not freed since the process started)",
-                    path.join(", ")
+                    path(&|i| live[i] as f64, 1)
                 );
             }
         }
@@ -1448,12 +1454,14 @@ async fn throughput_phase(
         // (A 180 s soak's samples end a moment short of 180 s: rounded, its last minute is
         // measured up to the last sample.)
         let minutes = ((last.0 - first.0) / 60.0).round() as usize;
-        // RSS at the first sample `t` seconds or more after the first blast.
-        let at = |t: f64| {
+        // The first sample `t` seconds or more after the first blast (the last if none is).
+        let sample = |t: f64| {
             rss.iter()
-                .find(|r| r.0 - first.0 >= t)
-                .map_or(last.1, |r| r.1)
+                .position(|r| r.0 - first.0 >= t)
+                .unwrap_or(rss.len() - 1)
         };
+        // RSS at that sample.
+        let at = |t: f64| rss[sample(t)].1;
         if minutes >= 2 {
             let steps: Vec<String> = (0..minutes)
                 .map(|m| {
@@ -1468,16 +1476,10 @@ async fn throughput_phase(
                 })
                 .collect();
             println!("  RSS per minute  {}", steps.join(", "));
-            if live.len() == rss.len() {
+            if counted {
                 // The same minutes' change in what the program holds: RSS growth without it
                 // is the allocator keeping pages.
-                let heap_at = |t: f64| {
-                    rss.iter()
-                        .zip(&live)
-                        .find(|(r, _)| r.0 - first.0 >= t)
-                        .or(rss.last().zip(live.last()))
-                        .map_or(0, |(_, h)| *h)
-                };
+                let heap_at = |t: f64| live[sample(t)];
                 let steps: Vec<String> = (0..minutes)
                     .map(|m| {
                         let grew = heap_at(60.0 * (m + 1) as f64) - heap_at(60.0 * m as f64);
