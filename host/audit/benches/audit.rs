@@ -264,10 +264,10 @@ fn soak(kind: &str) {
             })
         }
         "sled" => {
-            // The audit log's own cache size (store.rs, CACHE_BYTES), not sled's 1 GiB default.
+            // The audit log's own cache size, not sled's 1 GiB default.
             let db = sled::Config::new()
                 .path(dir.path().join("sled"))
-                .cache_capacity(16 * 1024 * 1024)
+                .cache_capacity(modalis_audit::SLED_CACHE_BYTES)
                 .open()
                 .expect("sled");
             let tree = db.open_tree("records").expect("tree");

@@ -46,6 +46,9 @@ pub use record::{
     Actor, CHAIN_DOMAIN, ChainHash, Decision, Entry, Event, FORMAT_VERSION, MAX_RECORD_BYTES,
     OperatorAction, Outcome, Record, Severity, Verdict, chain_hash,
 };
+/// sled's page cache size for an audit log (see the constant in `store.rs` for why); public
+/// so that the audit benchmark's raw-sled floor uses the same.
+pub use store::CACHE_BYTES as SLED_CACHE_BYTES;
 pub use verify::{Problem, ProblemKind, VerifyOptions, VerifyReport, verify, verify_with};
 
 /// File and tree names inside an audit directory (public so that tools and tests can find

@@ -41,7 +41,8 @@ pub(crate) struct Store {
 /// nothing from a cache larger than the blocks they are reading.
 ///
 /// 16 MiB, not the 64 MiB used before: in 120 s e2e soaks the controller's first minute grew
-/// by 81-93 MiB instead of 115-125 at the same throughput (BENCHMARKS.md, "Newest"). That
+/// by 81-93 MiB instead of 115-125 at the same throughput (BENCHMARKS.md, "sled's cache:
+/// 16 MiB"). That
 /// difference used to be hidden by mimalloc's transparent huge pages (since turned off), under
 /// which caches of 8, 16 and 64 MiB had looked the same.
 ///
@@ -51,7 +52,7 @@ pub(crate) struct Store {
 /// recently stay in memory uncounted, bounded by the size of a leaf, i.e. of a block
 /// (`blocks.rs`): `verify` of a 3.4 M-record log peaked at 1 GiB with 8 KiB blocks and 483 MiB
 /// with 4 KiB ones (BENCHMARKS.md, 2026-12-07 evening).
-const CACHE_BYTES: u64 = 16 * 1024 * 1024;
+pub const CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
 impl Store {
     /// Opens the database in `dir`. With `create` false, a directory without one is an error

@@ -4,8 +4,8 @@
 //! tokio's timer counts in whole milliseconds and rounds a deadline up to the next tick, and
 //! its driver sleeps in `epoll_wait` with a millisecond timeout: measured on the development
 //! machine, `tokio::time::sleep_until` woke 1.13 ms late at the median and 2.08 ms at p99
-//! (500 sleeps of 2-10 ms, BENCHMARKS.md "Newest"). Every step started that much late before
-//! its command was even built.
+//! (500 sleeps of 2-10 ms, BENCHMARKS.md "Steps start on time: the loop's own timer"). Every
+//! step started that much late before its command was even built.
 //!
 //! So the loop's deadline is kept by a thread of its own waiting on a condition variable with
 //! a timeout (a futex with a nanosecond deadline on Linux, woken within the kernel's timer
